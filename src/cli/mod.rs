@@ -1,0 +1,99 @@
+//! Command-line interface: thin. Each subcommand parses its arguments, calls one
+//! library function and prints the result. Exit codes: 0 success, 1 operational
+//! failure (unavailable, timeout, not found where it matters), 2 bad input (usage
+//! errors, INVALID_ARGUMENT / FAILED_PRECONDITION from the server).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod cluster;
+pub mod kv;
+pub mod node;
+
+/// Exit code for invalid input or usage.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code for an operational failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// An error at the CLI edge, carrying the exit code to use.
+#[derive(Debug)]
+pub struct CliError {
+    /// Process exit code (1 or 2).
+    pub code: u8,
+    /// The error.
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    /// Bad input (exit 2).
+    pub fn bad_input(error: impl Into<anyhow::Error>) -> Self {
+        Self { code: EXIT_BAD_INPUT, error: error.into() }
+    }
+    /// Operational failure (exit 1).
+    pub fn failure(error: impl Into<anyhow::Error>) -> Self {
+        Self { code: EXIT_FAILURE, error: error.into() }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::failure(e)
+    }
+}
+
+/// Result of a CLI command.
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// Meridian: a strongly consistent, multi-region key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "meridian", version = crate::VERSION, about, long_about = None)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node (one process per node).
+    Node(node::NodeArgs),
+    /// Start, inspect and stop a local cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Read and write keys.
+    Kv(kv::KvArgs),
+    /// Load-test a running cluster.
+    Bench(bench::BenchArgs),
+}
+
+/// Parse the command line, run, and map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_BAD_INPUT),
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Node(args) => node::run(args),
+        Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Kv(args) => kv::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {:#}", e.error);
+            ExitCode::from(e.code)
+        }
+    }
+}

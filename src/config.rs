@@ -1,0 +1,342 @@
+//! Node configuration: one typed, validated struct. Sources, later ones winning:
+//! built-in defaults, then a TOML file (`--config`), then `MERIDIAN_*` environment
+//! variables, then command-line flags. [`NodeConfig::validate`] rejects bad values and
+//! combinations at start-up, before anything is opened. A commented sample lives in
+//! cluster/node.sample.toml.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
+
+/// A configuration problem, reported before the node starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// Parser message (with line and column).
+        message: String,
+    },
+    /// An environment variable has a bad value.
+    #[error("invalid environment variable {name}={value:?}: {message}")]
+    Env {
+        /// Variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value or combination is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A cluster member as listed in a node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Node id (>= 1).
+    pub id: u64,
+    /// Client API address (host:port).
+    pub api_addr: String,
+    /// Raft peer address (host:port).
+    pub raft_addr: String,
+    /// Region label.
+    #[serde(default = "default_region")]
+    pub region: String,
+}
+
+/// Raft timing and log-retention settings (every openraft option we rely on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout lower bound, ms (> heartbeat).
+    pub election_timeout_min_ms: u64,
+    /// Election timeout upper bound, ms (> min).
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept after a snapshot (for slow followers) before purging.
+    pub max_in_snapshot_log_to_keep: u64,
+    /// Max entries in one AppendEntries RPC.
+    pub max_payload_entries: u64,
+    /// Snapshot transfer chunk size, bytes.
+    pub snapshot_chunk_bytes: u64,
+    /// Timeout of one peer RPC (append/vote), ms.
+    pub rpc_timeout_ms: u64,
+    /// Timeout of a full snapshot transfer, ms.
+    pub snapshot_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs_since_last: 10_000,
+            max_in_snapshot_log_to_keep: 1_000,
+            max_payload_entries: 512,
+            snapshot_chunk_bytes: 1024 * 1024,
+            rpc_timeout_ms: 1_000,
+            snapshot_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Configuration of one Meridian node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node id, unique in the cluster, >= 1. Fixed for the life of the data dir.
+    pub id: u64,
+    /// Cluster name; a data dir or peer from another cluster is refused.
+    pub cluster_name: String,
+    /// Region label (e.g. "us-east").
+    pub region: String,
+    /// Listen address of the public gRPC API.
+    pub api_addr: SocketAddr,
+    /// Listen address of the internal Raft service.
+    pub raft_addr: SocketAddr,
+    /// Address other nodes and clients use for the API (default: api_addr).
+    pub advertise_api_addr: Option<String>,
+    /// Address other nodes use for Raft (default: raft_addr).
+    pub advertise_raft_addr: Option<String>,
+    /// Directory of the node's sled database and snapshots.
+    pub data_dir: PathBuf,
+    /// Initial members, used when `bootstrap` is set and the node is new.
+    pub peers: Vec<PeerConfig>,
+    /// Initialise the cluster from `peers` if this node has never been initialised.
+    pub bootstrap: bool,
+    /// Key size limit, bytes.
+    pub max_key_bytes: usize,
+    /// Value size limit, bytes.
+    pub max_value_bytes: usize,
+    /// Max lead of a remote HLC over our physical clock before it is refused, ms.
+    pub max_clock_offset_ms: u64,
+    /// How long a request id is remembered for exactly-once replay, seconds.
+    pub dedup_window_secs: u64,
+    /// Max remembered request ids (oldest evicted first).
+    pub dedup_max_entries: u64,
+    /// Server-side deadline for a request that carries none, ms.
+    pub default_request_timeout_ms: u64,
+    /// Expose fault-injection RPCs (clock offset). Never in production.
+    pub allow_fault_injection: bool,
+    /// TEST ONLY: serve LINEARIZABLE reads locally without a read index (unsafe).
+    pub unsafe_stale_reads: bool,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+    /// Raft settings.
+    pub raft: RaftConfig,
+}
+
+fn default_region() -> String {
+    "local".to_string()
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            cluster_name: "meridian".to_string(),
+            region: default_region(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            raft_addr: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            advertise_api_addr: None,
+            advertise_raft_addr: None,
+            data_dir: PathBuf::from("data/node-1"),
+            peers: Vec::new(),
+            bootstrap: false,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_clock_offset_ms: 500,
+            dedup_window_secs: 600,
+            dedup_max_entries: 100_000,
+            default_request_timeout_ms: 10_000,
+            allow_fault_injection: false,
+            unsafe_stale_reads: false,
+            log_format: "text".to_string(),
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+/// Upper bound on configurable key size (larger keys would bloat every index page).
+pub const MAX_KEY_BYTES_LIMIT: usize = 64 * 1024;
+/// Upper bound on configurable value size (must fit a gRPC message with headroom).
+pub const MAX_VALUE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+impl NodeConfig {
+    /// Load defaults, then `path` (if any), then `MERIDIAN_*` environment variables.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => NodeConfig::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// Override fields from environment variables (`MERIDIAN_ID`, `MERIDIAN_REGION`,
+    /// `MERIDIAN_API_ADDR`, `MERIDIAN_RAFT_ADDR`, `MERIDIAN_DATA_DIR`,
+    /// `MERIDIAN_CLUSTER_NAME`, `MERIDIAN_LOG_FORMAT`).
+    pub fn apply_env(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.to_string(),
+                value: v.clone(),
+                message: e.to_string(),
+            })
+        }
+        if let Some(v) = get("MERIDIAN_ID") {
+            self.id = parse("MERIDIAN_ID", v)?;
+        }
+        if let Some(v) = get("MERIDIAN_REGION") {
+            self.region = v;
+        }
+        if let Some(v) = get("MERIDIAN_API_ADDR") {
+            self.api_addr = parse("MERIDIAN_API_ADDR", v)?;
+        }
+        if let Some(v) = get("MERIDIAN_RAFT_ADDR") {
+            self.raft_addr = parse("MERIDIAN_RAFT_ADDR", v)?;
+        }
+        if let Some(v) = get("MERIDIAN_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("MERIDIAN_CLUSTER_NAME") {
+            self.cluster_name = v;
+        }
+        if let Some(v) = get("MERIDIAN_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        Ok(())
+    }
+
+    /// Reject out-of-range values and bad combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return bad("id must be >= 1".into());
+        }
+        if self.cluster_name.is_empty() || self.cluster_name.len() > 128 {
+            return bad("cluster_name must be 1..=128 bytes".into());
+        }
+        if self.region.is_empty() || self.region.len() > 64 {
+            return bad("region must be 1..=64 bytes".into());
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES_LIMIT {
+            return bad(format!("max_key_bytes must be 1..={MAX_KEY_BYTES_LIMIT}"));
+        }
+        if self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            return bad(format!("max_value_bytes must be <= {MAX_VALUE_BYTES_LIMIT}"));
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return bad(format!(
+                "raft.election_timeout_min_ms ({}) must exceed raft.heartbeat_interval_ms ({})",
+                r.election_timeout_min_ms, r.heartbeat_interval_ms
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad("raft.election_timeout_max_ms must exceed election_timeout_min_ms".into());
+        }
+        if r.snapshot_logs_since_last == 0 || r.max_payload_entries == 0 {
+            return bad("raft.snapshot_logs_since_last and max_payload_entries must be >= 1".into());
+        }
+        if r.snapshot_chunk_bytes < 1024 || r.snapshot_chunk_bytes > 4 * 1024 * 1024 {
+            return bad("raft.snapshot_chunk_bytes must be 1 KiB..=4 MiB".into());
+        }
+        if self.dedup_max_entries == 0 || self.dedup_window_secs == 0 {
+            return bad("dedup_window_secs and dedup_max_entries must be >= 1".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad(format!("log_format must be \"text\" or \"json\", got {:?}", self.log_format));
+        }
+        if self.bootstrap && !self.peers.iter().any(|p| p.id == self.id) {
+            return bad(format!("bootstrap is set but peers does not list this node (id {})", self.id));
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) || ids.first() == Some(&0) {
+            return bad("peers must have distinct ids >= 1".into());
+        }
+        Ok(())
+    }
+
+    /// The API address advertised to peers and clients.
+    pub fn advertised_api_addr(&self) -> String {
+        self.advertise_api_addr.clone().unwrap_or_else(|| self.api_addr.to_string())
+    }
+
+    /// The Raft address advertised to peers.
+    pub fn advertised_raft_addr(&self) -> String {
+        self.advertise_raft_addr.clone().unwrap_or_else(|| self.raft_addr.to_string())
+    }
+
+    /// Max clock offset as a Duration.
+    pub fn max_clock_offset(&self) -> Duration {
+        Duration::from_millis(self.max_clock_offset_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn unknown_toml_field_is_rejected_with_its_name() {
+        let err = toml::from_str::<NodeConfig>("idd = 3").expect_err("unknown field");
+        assert!(err.to_string().contains("idd"), "{err}");
+    }
+
+    #[test]
+    fn election_timeout_must_exceed_heartbeat() {
+        let mut c = NodeConfig::default();
+        c.raft.election_timeout_min_ms = 50;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut c = NodeConfig::default();
+        c.apply_env(|k| (k == "MERIDIAN_ID").then(|| "7".to_string())).expect("env");
+        assert_eq!(c.id, 7);
+        let err = c.apply_env(|k| (k == "MERIDIAN_ID").then(|| "x".to_string()));
+        assert!(err.is_err());
+    }
+}

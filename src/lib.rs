@@ -1,0 +1,22 @@
+//! Meridian: a strongly consistent, multi-region key-value store.
+//!
+//! Layers, from the bottom up (an arrow means "may use"):
+//!
+//! ```text
+//! cli -> {client, cluster, server}
+//! server -> raft -> storage -> {record, hlc}
+//! client -> pb
+//! ```
+//!
+//! Nothing below `server` knows about gRPC types except `raft::network`, the Raft
+//! transport. The client never depends on server internals: applications embed it alone.
+
+pub mod pb;
+
+pub mod hlc;
+pub mod record;
+pub mod config;
+pub mod cli;
+
+/// Crate version plus the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MERIDIAN_GIT_COMMIT"), ")");
