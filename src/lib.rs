@@ -13,10 +13,19 @@
 
 pub mod pb;
 
+pub mod cli;
+pub mod config;
 pub mod hlc;
 pub mod record;
-pub mod config;
-pub mod cli;
 
 /// Crate version plus the git commit it was built from.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MERIDIAN_GIT_COMMIT"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("MERIDIAN_GIT_COMMIT"),
+    ")"
+);
+pub mod error;
+pub mod raft;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,196 @@
+//! Server half of the Raft transport: the internal `meridian.v1.Raft` gRPC service.
+//!
+//! Every message is checked before it reaches openraft: the cluster name and target
+//! id must be ours (a misrouted or cross-cluster message is refused with
+//! FAILED_PRECONDITION), and the sender's HLC is merged — one more than
+//! `max_clock_offset` ahead of our clock is refused, so a node with a runaway clock
+//! cannot drag the cluster's timestamps forward.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{MeridianRaft, NodeId};
+use crate::hlc::Hlc;
+use crate::pb::v1 as pb;
+use crate::storage::types::{SnapshotMeta, Vote};
+
+/// Largest snapshot accepted from a leader, bytes (bounds disk use of a transfer).
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+/// The Raft gRPC service of one node.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: MeridianRaft,
+    id: NodeId,
+    cluster_name: String,
+    hlc: Hlc,
+    snapshot_dir: PathBuf,
+    clock_rejections: Arc<AtomicU64>,
+}
+
+impl RaftService {
+    /// A service for node `id` of `cluster_name`; received snapshots are staged in
+    /// `snapshot_dir`.
+    pub fn new(
+        raft: MeridianRaft,
+        id: NodeId,
+        cluster_name: String,
+        hlc: Hlc,
+        snapshot_dir: PathBuf,
+    ) -> Self {
+        Self {
+            raft,
+            id,
+            cluster_name,
+            hlc,
+            snapshot_dir,
+            clock_rejections: Arc::default(),
+        }
+    }
+
+    /// How many peer messages were refused for clock offset.
+    pub fn clock_rejections(&self) -> Arc<AtomicU64> {
+        self.clock_rejections.clone()
+    }
+
+    fn check(&self, cluster_name: &str, target: u64, hlc: Option<pb::Hlc>) -> Result<(), Status> {
+        if cluster_name != self.cluster_name {
+            return Err(Status::failed_precondition(format!(
+                "message for cluster {cluster_name:?} reached a node of cluster {:?}",
+                self.cluster_name
+            )));
+        }
+        if target != self.id {
+            return Err(Status::failed_precondition(format!(
+                "message for node {target} reached node {}",
+                self.id
+            )));
+        }
+        if let Some(h) = hlc {
+            if let Err(e) = self.hlc.update(h.into()) {
+                self.clock_rejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "refused peer message");
+                return Err(Status::failed_precondition(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, req: Request<pb::RaftRequest>) -> Result<T, Status> {
+        let r = req.into_inner();
+        self.check(&r.cluster_name, r.target, r.hlc)?;
+        postcard::from_bytes(&r.payload)
+            .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
+    }
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Response<pb::RaftReply>, Status> {
+    let payload = postcard::to_stdvec(v).map_err(|e| Status::internal(format!("encode: {e}")))?;
+    Ok(Response::new(pb::RaftReply { payload }))
+}
+
+fn raft_status(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {e}"))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc = self.decode(req)?;
+        let resp = self.raft.append_entries(rpc).await.map_err(raft_status)?;
+        reply(&resp)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc = self.decode(req)?;
+        let resp = self.raft.vote(rpc).await.map_err(raft_status)?;
+        reply(&resp)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc = self.decode(req)?;
+        let resp = self.raft.pre_vote(rpc).await.map_err(raft_status)?;
+        reply(&resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc = self.decode(req)?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(raft_status)?;
+        reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        self.check(&first.cluster_name, first.target, first.hlc)?;
+        let (vote, meta): (Vote, SnapshotMeta) = postcard::from_bytes(&first.header)
+            .map_err(|e| Status::invalid_argument(format!("bad snapshot header: {e}")))?;
+        std::fs::create_dir_all(&self.snapshot_dir).map_err(|e| Status::internal(e.to_string()))?;
+        let tmp = tempfile_in(&self.snapshot_dir).map_err(|e| Status::internal(e.to_string()))?;
+        let mut file = tmp;
+        let mut total: u64 = 0;
+        use std::io::Write;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            total += chunk.data.len() as u64;
+            if total > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot larger than {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            tokio::task::block_in_place(|| file.write_all(&chunk.data))
+                .map_err(|e| Status::internal(format!("write snapshot: {e}")))?;
+        }
+        tokio::task::block_in_place(|| file.sync_all())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(%meta, bytes = total, "received snapshot");
+        let snapshot = openraft::storage::Snapshot {
+            meta,
+            snapshot: file,
+        };
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(raft_status)?;
+        reply(&resp)
+    }
+}
+
+/// An anonymous temp file in `dir` (unlinked on creation; the handle keeps the data).
+fn tempfile_in(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let name = format!(".recv-{}-{}", std::process::id(), rand::random::<u64>());
+    let path = dir.join(name);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}

@@ -1,0 +1,149 @@
+//! The `meridian.v1.Cluster` gRPC service: node status, membership, bootstrap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{InitializeError, RaftError};
+use openraft::ServerState;
+use tonic::{Request, Response, Status};
+
+use super::core::NodeCore;
+use super::status::to_status;
+use crate::error::Error;
+use crate::pb::v1 as pb;
+use crate::raft::NodeInfo;
+
+/// The Cluster service.
+pub struct ClusterService {
+    core: Arc<NodeCore>,
+}
+
+impl ClusterService {
+    /// A Cluster service over `core`.
+    pub fn new(core: Arc<NodeCore>) -> Self {
+        Self { core }
+    }
+}
+
+fn role(s: ServerState) -> pb::Role {
+    match s {
+        ServerState::Leader => pb::Role::Leader,
+        ServerState::Follower => pb::Role::Follower,
+        ServerState::Candidate => pb::Role::Candidate,
+        ServerState::Learner => pb::Role::Learner,
+        ServerState::Shutdown => pb::Role::Shutdown,
+    }
+}
+
+/// Initialise the cluster with `members` (a no-op returning false when this node is
+/// already initialised).
+pub async fn initialize(core: &NodeCore, members: BTreeMap<u64, NodeInfo>) -> Result<bool, Error> {
+    if members.is_empty() {
+        return Err(Error::InvalidArgument(
+            "initialize: members must not be empty".into(),
+        ));
+    }
+    if !members.contains_key(&core.id) {
+        return Err(Error::InvalidArgument(format!(
+            "initialize: members must include this node ({})",
+            core.id
+        )));
+    }
+    match core.raft.initialize(members).await {
+        Ok(()) => Ok(true),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+        Err(RaftError::APIError(e)) => Err(Error::InvalidArgument(format!("initialize: {e}"))),
+        Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let core = &self.core;
+        let point = core.reader.applied().map_err(|e| to_status(e.into()))?;
+        let (leader_id, leader_addr) = core.leader();
+        let m = core.raft.metrics().borrow_watched().clone();
+        let initialized = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some();
+        Ok(Response::new(pb::StatusResponse {
+            id: core.id,
+            region: core.config.region.clone(),
+            role: role(m.state) as i32,
+            term: m.current_term,
+            leader_id: leader_id.unwrap_or(0),
+            leader_api_addr: leader_addr.unwrap_or_default(),
+            commit_index: m
+                .cluster_committed
+                .or(m.local_committed)
+                .map_or(0, |l| l.index),
+            applied_index: point.revision,
+            last_hlc: Some(point.hlc.into()),
+            initialized,
+            cluster_name: core.config.cluster_name.clone(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            api_addr: core.config.advertised_api_addr(),
+            version: crate::VERSION.to_string(),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let m = self.core.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                api_addr: n.api_addr.clone(),
+                raft_addr: n.raft_addr.clone(),
+                region: n.region.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        Ok(Response::new(pb::MembersResponse {
+            members,
+            leader_id: m.current_leader.unwrap_or(0),
+        }))
+    }
+
+    async fn initialize(
+        &self,
+        req: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::InitializeResponse>, Status> {
+        let mut members = BTreeMap::new();
+        for m in req.into_inner().members {
+            if m.id == 0 || m.api_addr.is_empty() || m.raft_addr.is_empty() {
+                return Err(Status::invalid_argument(
+                    "initialize: each member needs id >= 1, api_addr and raft_addr",
+                ));
+            }
+            let info = NodeInfo {
+                api_addr: m.api_addr,
+                raft_addr: m.raft_addr,
+                region: m.region,
+            };
+            if members.insert(m.id, info).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "initialize: member id {} listed twice",
+                    m.id
+                )));
+            }
+        }
+        let initialized = initialize(&self.core, members).await.map_err(to_status)?;
+        Ok(Response::new(pb::InitializeResponse { initialized }))
+    }
+}

@@ -1,0 +1,203 @@
+//! The node core shared by the gRPC services: proposing writes through Raft, read
+//! barriers for each consistency level, and the leader's address for forwarding.
+//!
+//! Write path: validate → stamp with `hlc.now()` → `raft.client_write` → the state
+//! machine's deterministic result. A new leader answers ForwardToLeader(LeaseExpired)
+//! until it holds a quorum lease; that is retried here with a short pause until the
+//! request deadline, so clients do not see it.
+//!
+//! Read path: SERIALIZABLE reads the local state machine. LINEARIZABLE (and, for now,
+//! BOUNDED_STALENESS, which a linearizable read always satisfies) takes a read index
+//! from the leader (`ReadPolicy::ReadIndex`: a heartbeat round confirms leadership)
+//! and waits until the local state machine has applied it.
+
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardReason, LinearizableReadError, RaftError};
+use tokio::time::Instant;
+
+use crate::config::NodeConfig;
+use crate::error::Error;
+use crate::hlc::{Hlc, SystemClock};
+use crate::pb::v1 as pb;
+use crate::raft::MeridianRaft;
+use crate::record::{ApplyResult, Command, Op, Source};
+use crate::storage::state_machine::AppliedPoint;
+use crate::storage::SmReader;
+
+use super::validate::{Consistency, Limits};
+
+/// Pause between retries of a proposal refused while a new leader acquires its lease.
+pub const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Everything a request handler needs. Shared behind an `Arc`.
+pub struct NodeCore {
+    /// This node's id.
+    pub id: u64,
+    /// The configuration the node runs with.
+    pub config: NodeConfig,
+    /// The Raft handle.
+    pub raft: MeridianRaft,
+    /// Read access to the state machine.
+    pub reader: SmReader,
+    /// The node's hybrid logical clock.
+    pub hlc: Hlc,
+    /// The physical clock under the HLC (offset settable for fault injection).
+    pub clock: std::sync::Arc<SystemClock>,
+    /// Key and value limits.
+    pub limits: Limits,
+}
+
+impl NodeCore {
+    /// Fail unless the node belongs to an initialised cluster.
+    pub fn ensure_initialized(&self) -> Result<(), Error> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none()
+        {
+            return Err(Error::NotInitialized(format!(
+                "node {} has no cluster membership yet; run `meridian cluster up` or call Cluster.Initialize",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The leader as known locally: (id, api address).
+    pub fn leader(&self) -> (Option<u64>, Option<String>) {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader;
+        let addr = id.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.api_addr.clone())
+        });
+        (id, addr)
+    }
+
+    fn not_leader(&self, leader_id: Option<u64>) -> Error {
+        let (known, addr) = self.leader();
+        let leader_id = leader_id.or(known);
+        let leader_api_addr = if leader_id == known { addr } else { None };
+        Error::NotLeader {
+            leader_id,
+            leader_api_addr,
+        }
+    }
+
+    /// The response header for the state a response reflects.
+    pub fn header(&self) -> pb::ResponseHeader {
+        let point = self.reader.applied().unwrap_or_default();
+        self.header_at(point)
+    }
+
+    /// The response header for an explicit applied point.
+    pub fn header_at(&self, point: AppliedPoint) -> pb::ResponseHeader {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        pb::ResponseHeader {
+            node_id: self.id,
+            revision: point.revision,
+            hlc: Some(point.hlc.into()),
+            term,
+        }
+    }
+
+    /// Propose a write and wait for its deterministic result.
+    pub async fn propose(
+        &self,
+        op: Op,
+        request_id: String,
+        saga_id: String,
+        trace_id: String,
+        deadline: Instant,
+    ) -> Result<ApplyResult, Error> {
+        self.ensure_initialized()?;
+        let source = Source {
+            node_id: self.id,
+            region: self.config.region.clone(),
+        };
+        let mut cmd = Command {
+            request_id,
+            saga_id,
+            trace_id,
+            hlc: self.hlc.now(),
+            source,
+            op,
+        };
+        loop {
+            let res = tokio::time::timeout_at(deadline, self.raft.client_write(cmd.clone())).await;
+            let res = res.map_err(|_| {
+                Error::Timeout(
+                    "write not acknowledged before the deadline; it may still be applied".into(),
+                )
+            })?;
+            match res {
+                Ok(resp) => return Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let own = f.leader_id == Some(self.id);
+                    if (own || f.reason == ForwardReason::LeaseExpired) && Instant::now() + LEASE_RETRY_PAUSE < deadline {
+                        tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+                        cmd.hlc = self.hlc.now();
+                        continue;
+                    }
+                    return Err(self.not_leader(f.leader_id));
+                }
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                    return Err(Error::Unavailable(
+                        "leader changed while the write was in flight; it may or may not be applied \
+                         (retry with the same request_id)"
+                            .into(),
+                    ))
+                }
+                Err(RaftError::APIError(e)) => return Err(Error::Internal(e.to_string())),
+                Err(RaftError::Fatal(f)) => return Err(Error::Unavailable(format!("raft stopped: {f}"))),
+            }
+        }
+    }
+
+    /// Wait until a read at `consistency` may be served from the local state machine.
+    pub async fn read_barrier(
+        &self,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        self.ensure_initialized()?;
+        if consistency == Consistency::Serializable || self.config.unsafe_stale_reads {
+            return Ok(());
+        }
+        let lin = tokio::time::timeout_at(
+            deadline,
+            self.raft
+                .get_read_linearizer(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| Error::Timeout("could not confirm leadership before the deadline".into()))?;
+        let lin = match lin {
+            Ok(l) => l,
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                return Err(self.not_leader(f.leader_id))
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                return Err(Error::Unavailable(format!("no quorum: {q}")))
+            }
+            Err(RaftError::Fatal(f)) => {
+                return Err(Error::Unavailable(format!("raft stopped: {f}")))
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lin.try_await_ready(&self.raft, Some(left)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Timeout(
+                "state machine did not reach the read index before the deadline".into(),
+            )),
+            Err(f) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+}

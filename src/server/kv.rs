@@ -1,0 +1,365 @@
+//! The public `meridian.v1.Kv` gRPC service.
+//!
+//! Every handler runs under the request deadline (the client's `grpc-timeout`, capped
+//! by `default_request_timeout_ms`). A follower that is not the leader forwards the
+//! request to the leader once (marking it with `x-meridian-forwarded` so it is never
+//! forwarded twice); if that is impossible the client gets UNAVAILABLE with the leader
+//! hint. Forwarded writes keep their request_id, so a client retry after an
+//! indeterminate forward is still applied at most once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::core::NodeCore;
+use super::status::{to_status, LEADER_METADATA};
+use super::validate;
+use crate::error::Error;
+use crate::pb::v1 as pb;
+use crate::pb::v1::kv_client::KvClient;
+use crate::record::Outcome;
+use crate::storage::state_machine::AppliedPoint;
+
+/// Metadata marking a request forwarded by another node (value: that node's id).
+pub const FORWARDED_METADATA: &str = "x-meridian-forwarded";
+/// Metadata carrying the request/trace id.
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
+/// Max gRPC message size of the public API, bytes (values up to 16 MiB plus framing).
+pub const API_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Per-request context: deadline, forwarding mark, trace id.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    /// When the request must be answered.
+    pub deadline: Instant,
+    /// Whether another node forwarded this request to us.
+    pub forwarded: bool,
+    /// Trace id (from `x-request-id` or `traceparent`, else generated).
+    pub trace_id: String,
+}
+
+/// Parse a `grpc-timeout` header value ("100m", "5S", ...).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl RequestCtx {
+    /// Build the context of a request.
+    pub fn new<T>(req: &Request<T>, default_timeout: Duration) -> Self {
+        let md = req.metadata();
+        let timeout = md
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(default_timeout, |t| t.min(default_timeout));
+        let trace_id = md
+            .get(REQUEST_ID_METADATA)
+            .or_else(|| md.get("traceparent"))
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(128).collect())
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        RequestCtx {
+            deadline: Instant::now() + timeout,
+            forwarded: md.get(FORWARDED_METADATA).is_some(),
+            trace_id,
+        }
+    }
+}
+
+/// The Kv service.
+pub struct KvService {
+    core: Arc<NodeCore>,
+    leaders: Mutex<HashMap<String, KvClient<Channel>>>,
+}
+
+impl KvService {
+    /// A Kv service over `core`.
+    pub fn new(core: Arc<NodeCore>) -> Self {
+        Self {
+            core,
+            leaders: Mutex::default(),
+        }
+    }
+
+    fn leader_client(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
+        let mut map = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = crate::raft::network::peer_channel(addr)
+            .map_err(|e| Status::unavailable(format!("bad leader address {addr:?}: {e}")))?;
+        let c = KvClient::new(ch)
+            .max_decoding_message_size(API_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(API_MAX_MESSAGE_BYTES);
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn run<Req, Resp, H, HF, F, FF>(
+        &self,
+        req: Request<Req>,
+        handler: H,
+        forward: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        H: FnOnce(Arc<NodeCore>, RequestCtx, Req) -> HF,
+        HF: Future<Output = Result<Resp, Error>>,
+        F: FnOnce(KvClient<Channel>, Request<Req>) -> FF,
+        FF: Future<Output = Result<Response<Resp>, Status>>,
+        Req: Clone,
+    {
+        let default_timeout = Duration::from_millis(self.core.config.default_request_timeout_ms);
+        let ctx = RequestCtx::new(&req, default_timeout);
+        let inner = req.into_inner();
+        let span = tracing::debug_span!("kv", trace_id = %ctx.trace_id, node = self.core.id);
+        let work = handler(self.core.clone(), ctx.clone(), inner.clone()).instrument(span);
+        let res = tokio::time::timeout_at(ctx.deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(Error::Timeout("request deadline exceeded".into())));
+        match res {
+            Ok(r) => Ok(Response::new(r)),
+            Err(Error::NotLeader {
+                leader_api_addr: Some(addr),
+                leader_id,
+            }) if !ctx.forwarded => self.forward(&ctx, &addr, leader_id, inner, forward).await,
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn forward<Req, Resp, F, FF>(
+        &self,
+        ctx: &RequestCtx,
+        addr: &str,
+        leader_id: Option<u64>,
+        inner: Req,
+        f: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(KvClient<Channel>, Request<Req>) -> FF,
+        FF: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let client = self.leader_client(addr)?;
+        let mut r = Request::new(inner);
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        r.set_timeout(left);
+        if let Ok(v) = MetadataValue::try_from(self.core.id.to_string()) {
+            r.metadata_mut().insert(FORWARDED_METADATA, v);
+        }
+        if let Ok(v) = MetadataValue::try_from(ctx.trace_id.as_str()) {
+            r.metadata_mut().insert(REQUEST_ID_METADATA, v);
+        }
+        tracing::debug!(leader = ?leader_id, %addr, "forwarding to leader");
+        match tokio::time::timeout(left, f(client, r)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(mut s)) => {
+                if s.code() == tonic::Code::Unavailable
+                    && s.metadata().get(LEADER_METADATA).is_none()
+                {
+                    if let Ok(v) = MetadataValue::try_from(addr) {
+                        s.metadata_mut().insert(LEADER_METADATA, v);
+                    }
+                }
+                Err(s)
+            }
+            Err(_) => Err(Status::deadline_exceeded(
+                "forwarded request not answered before the deadline",
+            )),
+        }
+    }
+}
+
+fn header(
+    core: &NodeCore,
+    revision: u64,
+    hlc: crate::hlc::Timestamp,
+) -> Option<pb::ResponseHeader> {
+    Some(core.header_at(AppliedPoint { revision, hlc }))
+}
+
+fn reused_id() -> Error {
+    Error::InvalidArgument("request_id was already used for a different kind of request".into())
+}
+
+async fn get(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::GetRequest,
+) -> Result<pb::GetResponse, Error> {
+    core.limits.key("get", &r.key)?;
+    let c = validate::consistency(r.consistency, r.max_staleness_ms)?;
+    core.read_barrier(c, ctx.deadline).await?;
+    let record = core.reader.get(&r.key)?;
+    let point = core.reader.applied()?;
+    Ok(pb::GetResponse {
+        header: Some(core.header_at(point)),
+        found: record.is_some(),
+        record: record.map(Into::into),
+    })
+}
+
+async fn range(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::RangeRequest,
+) -> Result<pb::RangeResponse, Error> {
+    let scan = validate::range(&core.limits, &r)?;
+    let c = validate::consistency(r.consistency, r.max_staleness_ms)?;
+    core.read_barrier(c, ctx.deadline).await?;
+    let mut records = core
+        .reader
+        .range(&scan.start, scan.end.as_deref(), scan.limit + 1)?;
+    let point = core.reader.applied()?;
+    let next_page_token = if records.len() > scan.limit {
+        records.pop().map(|r| r.key).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(pb::RangeResponse {
+        header: Some(core.header_at(point)),
+        records: records.into_iter().map(Into::into).collect(),
+        next_page_token,
+    })
+}
+
+async fn put(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::PutRequest,
+) -> Result<pb::PutResponse, Error> {
+    let op = validate::put(&core.limits, &r)?;
+    let res = core
+        .propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline)
+        .await?;
+    match res.outcome {
+        Outcome::Put {
+            succeeded,
+            record,
+            current,
+        } => Ok(pb::PutResponse {
+            header: header(&core, res.revision, res.hlc),
+            succeeded,
+            record: record.map(Into::into),
+            current: current.map(Into::into),
+            duplicate: res.duplicate,
+        }),
+        _ => Err(reused_id()),
+    }
+}
+
+async fn delete(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::DeleteRequest,
+) -> Result<pb::DeleteResponse, Error> {
+    let op = validate::delete(&core.limits, &r)?;
+    let res = core
+        .propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline)
+        .await?;
+    match res.outcome {
+        Outcome::Delete {
+            succeeded,
+            record,
+            current,
+        } => Ok(pb::DeleteResponse {
+            header: header(&core, res.revision, res.hlc),
+            succeeded,
+            record: record.map(Into::into),
+            current: current.map(Into::into),
+            duplicate: res.duplicate,
+        }),
+        _ => Err(reused_id()),
+    }
+}
+
+async fn txn(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::TxnRequest,
+) -> Result<pb::TxnResponse, Error> {
+    let op = validate::txn(&core.limits, &r)?;
+    let res = core
+        .propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline)
+        .await?;
+    match res.outcome {
+        Outcome::Txn { succeeded, results } => Ok(pb::TxnResponse {
+            header: header(&core, res.revision, res.hlc),
+            succeeded,
+            results: results
+                .into_iter()
+                .map(|r| pb::TxnOpResult {
+                    found: r.is_some(),
+                    record: r.map(Into::into),
+                })
+                .collect(),
+            duplicate: res.duplicate,
+        }),
+        _ => Err(reused_id()),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        self.run(req, get, |mut c, r| async move { c.get(r).await })
+            .await
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        self.run(req, put, |mut c, r| async move { c.put(r).await })
+            .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.run(req, delete, |mut c, r| async move { c.delete(r).await })
+            .await
+    }
+
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        self.run(req, range, |mut c, r| async move { c.range(r).await })
+            .await
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        self.run(req, txn, |mut c, r| async move { c.txn(r).await })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10q"), None);
+    }
+}

@@ -1,0 +1,209 @@
+//! The node server: opens storage, starts Raft, serves the public gRPC API (Kv,
+//! Cluster) and the internal Raft service, and shuts all of it down cleanly.
+//!
+//! [`run_node`] takes already-bound listeners and a shutdown future, so callers (the
+//! CLI, tests) own ports and signals. Shutdown stops accepting requests, stops Raft,
+//! and syncs storage before returning.
+
+pub mod cluster;
+pub mod core;
+pub mod kv;
+pub mod status;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::NodeConfig;
+use crate::error::Error;
+use crate::hlc::{Hlc, SystemClock, Timestamp};
+use crate::pb::v1 as pb;
+use crate::raft::network::Network;
+use crate::raft::service::RaftService;
+use crate::raft::{openraft_config, MeridianRaft, NodeInfo};
+use crate::storage::state_machine::DedupLimits;
+use crate::storage::{LogStore, StateMachine, Store};
+
+use self::core::NodeCore;
+use self::validate::Limits;
+
+/// How long shutdown waits for in-flight requests before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive interval the server uses towards clients.
+pub const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Max concurrent HTTP/2 streams per client connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Storage could not be opened (including a data dir of another node).
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// Raft could not start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The server failed.
+    #[error("server: {0}")]
+    Serve(String),
+    /// Bootstrap failed.
+    #[error("bootstrap: {0}")]
+    Bootstrap(Error),
+}
+
+impl StartError {
+    /// Whether the failure is the operator's input (config or data dir): exit code 2.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StartError::Config(_)
+                | StartError::Storage(crate::storage::StorageError::IdentityMismatch { .. })
+        )
+    }
+}
+
+async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Store), StartError> {
+    cfg.validate()?;
+    let store = Store::open(&cfg.data_dir, &cfg.cluster_name, cfg.id)?;
+    let clock = Arc::new(SystemClock::new());
+    let hlc = Hlc::new(
+        cfg.id,
+        clock.clone(),
+        cfg.max_clock_offset(),
+        Timestamp::ZERO,
+    );
+    let log_store = LogStore::open(&store)?;
+    let dedup = DedupLimits {
+        window_ns: cfg.dedup_window_secs.saturating_mul(1_000_000_000),
+        max_entries: cfg.dedup_max_entries,
+    };
+    let sm = StateMachine::open(&store, hlc.clone(), dedup)?;
+    let reader = sm.reader();
+    let network = Network::new(
+        cfg.cluster_name.clone(),
+        hlc.clone(),
+        cfg.raft.snapshot_chunk_bytes as usize,
+    );
+    let rcfg = openraft_config(&cfg).map_err(|e| StartError::Raft(e.to_string()))?;
+    let raft = MeridianRaft::new(cfg.id, rcfg, network, log_store, sm)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let limits = Limits {
+        max_key_bytes: cfg.max_key_bytes,
+        max_value_bytes: cfg.max_value_bytes,
+    };
+    let core = NodeCore {
+        id: cfg.id,
+        config: cfg,
+        raft: raft.clone(),
+        reader,
+        hlc,
+        clock,
+        limits,
+    };
+    Ok((Arc::new(core), raft, store))
+}
+
+async fn bootstrap(core: &NodeCore) -> Result<(), StartError> {
+    let cfg = &core.config;
+    if !cfg.bootstrap {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, NodeInfo> = cfg
+        .peers
+        .iter()
+        .map(|p| {
+            (
+                p.id,
+                NodeInfo {
+                    api_addr: p.api_addr.clone(),
+                    raft_addr: p.raft_addr.clone(),
+                    region: p.region.clone(),
+                },
+            )
+        })
+        .collect();
+    let done = cluster::initialize(core, members)
+        .await
+        .map_err(StartError::Bootstrap)?;
+    if done {
+        tracing::info!(members = cfg.peers.len(), "bootstrapped a new cluster");
+    }
+    Ok(())
+}
+
+/// Run a node on the given listeners until `shutdown` resolves.
+pub async fn run_node(
+    cfg: NodeConfig,
+    api: TcpListener,
+    raft_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (core, raft, store) = build_core(cfg).await?;
+    let raft_svc = RaftService::new(
+        raft.clone(),
+        core.id,
+        core.config.cluster_name.clone(),
+        core.hlc.clone(),
+        store.snapshot_dir(),
+    );
+    let max = crate::raft::network::PEER_MAX_MESSAGE_BYTES;
+    let api_max = kv::API_MAX_MESSAGE_BYTES;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let raft_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            pb::raft_server::RaftServer::new(raft_svc)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(raft_listener),
+            stopped(stop_rx.clone()),
+        );
+    let api_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .add_service(
+            pb::kv_server::KvServer::new(kv::KvService::new(core.clone()))
+                .max_decoding_message_size(api_max)
+                .max_encoding_message_size(api_max),
+        )
+        .add_service(pb::cluster_server::ClusterServer::new(
+            cluster::ClusterService::new(core.clone()),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(stop_rx.clone()));
+    let raft_task = tokio::spawn(raft_server);
+    let api_task = tokio::spawn(api_server);
+    tracing::info!(
+        id = core.id,
+        region = %core.config.region,
+        api = %core.config.api_addr,
+        raft = %core.config.raft_addr,
+        "node started"
+    );
+    bootstrap(&core).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, api_task).await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, raft_task).await;
+    store.sync()?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,570 @@
+//! The replicated state machine on sled.
+//!
+//! Layout of the state-machine tree `sm-<gen>` (one tree so an entry applies as one
+//! atomic sled batch — a crash leaves it applied whole or not at all):
+//! - `k<key>` → [`Record`]
+//! - `m<name>` → metadata: applied log id, membership, last HLC, exactly-once count
+//! - `d<request_id>` → [`DedupEntry`] (exactly-once table)
+//! - `e<wall_ns BE><request_id>` → () (expiry index of the exactly-once table)
+//!
+//! Invariants: the applied log id only grows; the stored HLC strictly increases in log
+//! order; every record passes [`Record::check`] when written and when read; the
+//! exactly-once table never exceeds its configured entry count and forgets ids older
+//! than its window (both evaluated on replicated HLC time, so every replica keeps
+//! exactly the same table).
+//!
+//! Readers ([`SmReader`]) read sled concurrently with apply; they see each entry whole.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::apply::{apply_command, StateView};
+use super::snapshot::{write_snapshot, SnapshotReader};
+use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use super::{decode, encode, StorageError, Store, META_TREE};
+use crate::hlc::{Hlc, Timestamp};
+use crate::record::{ApplyResult, Outcome, Record};
+
+const REC: u8 = b'k';
+const DEDUP: u8 = b'd';
+const EXPIRY: u8 = b'e';
+const APPLIED: &[u8] = b"mapplied";
+const MEMBERSHIP: &[u8] = b"mmembership";
+const LAST_HLC: &[u8] = b"mhlc";
+const DEDUP_COUNT: &[u8] = b"mdedup_count";
+/// Key in `raft_meta` of the active state-machine generation.
+const GEN_KEY: &[u8] = b"sm_gen";
+/// Key in `raft_meta` of the current snapshot (meta, file name).
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
+
+/// Max exactly-once entries expired per applied entry (bounds apply latency).
+pub const DEDUP_EVICT_PER_APPLY: usize = 32;
+/// Records inserted per sled batch when installing a snapshot.
+pub const INSTALL_BATCH_ITEMS: usize = 1_000;
+
+/// Exactly-once table limits (replicated behaviour: every replica must use the same).
+#[derive(Debug, Clone, Copy)]
+pub struct DedupLimits {
+    /// Forget a request id this long after it was applied, in ns of HLC time.
+    pub window_ns: u64,
+    /// Keep at most this many ids; the oldest are evicted first.
+    pub max_entries: u64,
+}
+
+/// One remembered request and its original response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DedupEntry {
+    /// HLC wall time of the original apply, ns.
+    pub wall_ns: u64,
+    /// The original response.
+    pub result: ApplyResult,
+}
+
+/// Counters of the exactly-once table, for metrics.
+#[derive(Debug, Default)]
+pub struct DedupStats {
+    /// Retries answered from the table.
+    pub hits: AtomicU64,
+    /// Ids forgotten because they aged out of the window.
+    pub expired: AtomicU64,
+    /// Ids evicted because the table was full.
+    pub evicted: AtomicU64,
+}
+
+fn rec_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(REC);
+    k.extend_from_slice(key);
+    k
+}
+
+fn dedup_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(DEDUP);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn expiry_key(wall_ns: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 9);
+    k.push(EXPIRY);
+    k.extend_from_slice(&wall_ns.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn tree_name(gen: u64) -> String {
+    format!("sm-{gen}")
+}
+
+/// The active tree, shared between the state machine and readers.
+struct Shared {
+    tree: RwLock<sled::Tree>,
+}
+
+impl Shared {
+    fn tree(&self) -> sled::Tree {
+        // A poisoned lock still holds a valid tree handle.
+        self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn get_meta<T: for<'a> Deserialize<'a>>(
+    tree: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    tree.get(key)?.map(|b| decode(&b)).transpose()
+}
+
+fn read_record(tree: &sled::Tree, key: &[u8]) -> Result<Option<Record>, StorageError> {
+    match tree.get(rec_key(key))? {
+        Some(b) => {
+            let r: Record = decode(&b)?;
+            r.check()
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            Ok(Some(r))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Read-only view of the state machine for serving reads. Cheap to clone.
+#[derive(Clone)]
+pub struct SmReader {
+    shared: Arc<Shared>,
+}
+
+/// What state a read reflects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedPoint {
+    /// Applied log index (0 if none).
+    pub revision: u64,
+    /// HLC of the last applied command.
+    pub hlc: Timestamp,
+}
+
+impl SmReader {
+    /// The record of `key`, if present.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        read_record(&self.shared.tree(), key)
+    }
+
+    /// Records with keys in `[start, end)` (end None = unbounded), at most `limit`.
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StorageError> {
+        let tree = self.shared.tree();
+        let lo = rec_key(start);
+        let hi = match end {
+            Some(e) => rec_key(e),
+            None => vec![REC + 1],
+        };
+        let mut out = Vec::new();
+        for kv in tree.range(lo..hi) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv?;
+            let r: Record = decode(&v)?;
+            r.check()
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// The applied index and HLC.
+    pub fn applied(&self) -> Result<AppliedPoint, StorageError> {
+        let tree = self.shared.tree();
+        let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
+        let hlc: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
+        Ok(AppliedPoint {
+            revision: applied.map_or(0, |l| l.index),
+            hlc,
+        })
+    }
+}
+
+/// The state machine: applies committed entries, builds and installs snapshots.
+pub struct StateMachine {
+    store: Store,
+    raft_meta: sled::Tree,
+    shared: Arc<Shared>,
+    gen: u64,
+    hlc: Hlc,
+    dedup: DedupLimits,
+    dedup_stats: Arc<DedupStats>,
+}
+
+struct TreeView<'a>(&'a sled::Tree);
+
+impl StateView for TreeView<'_> {
+    fn record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        read_record(self.0, key)
+    }
+}
+
+impl StateMachine {
+    /// Open the active generation (dropping orphans of an interrupted install).
+    /// `hlc` is merged with every applied timestamp.
+    pub fn open(store: &Store, hlc: Hlc, dedup: DedupLimits) -> Result<Self, StorageError> {
+        let raft_meta = store.db().open_tree(META_TREE)?;
+        let gen: u64 = get_meta(&raft_meta, GEN_KEY)?.unwrap_or(0);
+        let active = tree_name(gen);
+        for name in store.db().tree_names() {
+            let n = String::from_utf8_lossy(&name);
+            if n.starts_with("sm-") && n != active {
+                store.db().drop_tree(&name)?;
+            }
+        }
+        let tree = store.db().open_tree(&active)?;
+        let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
+        hlc.observe(last);
+        let shared = Arc::new(Shared {
+            tree: RwLock::new(tree),
+        });
+        Ok(Self {
+            store: store.clone(),
+            raft_meta,
+            shared,
+            gen,
+            hlc,
+            dedup,
+            dedup_stats: Arc::default(),
+        })
+    }
+
+    /// A reader sharing this state machine's data.
+    pub fn reader(&self) -> SmReader {
+        SmReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Exactly-once table counters.
+    pub fn dedup_stats(&self) -> Arc<DedupStats> {
+        self.dedup_stats.clone()
+    }
+
+    /// The highest HLC applied so far (the persisted high-water mark).
+    pub fn last_hlc(&self) -> Result<Timestamp, StorageError> {
+        Ok(get_meta(&self.shared.tree(), LAST_HLC)?.unwrap_or_default())
+    }
+
+    fn apply_entry(
+        &mut self,
+        tree: &sled::Tree,
+        entry: &Entry,
+    ) -> Result<ApplyResult, StorageError> {
+        let log_id = entry.log_id.clone();
+        let revision = log_id.index;
+        let last_hlc: Timestamp = get_meta(tree, LAST_HLC)?.unwrap_or_default();
+        let mut batch = sled::Batch::default();
+        batch.insert(APPLIED, encode(&Some(log_id.clone()))?);
+        let result = match &entry.payload {
+            EntryPayload::Blank => ApplyResult {
+                revision,
+                hlc: last_hlc,
+                outcome: Outcome::None,
+                duplicate: false,
+            },
+            EntryPayload::Membership(m) => {
+                let sm = StoredMembership::new(Some(log_id.clone()), m.clone());
+                batch.insert(MEMBERSHIP, encode(&sm)?);
+                ApplyResult {
+                    revision,
+                    hlc: last_hlc,
+                    outcome: Outcome::None,
+                    duplicate: false,
+                }
+            }
+            EntryPayload::Normal(cmd) => {
+                let replay = if cmd.request_id.is_empty() {
+                    None
+                } else {
+                    get_meta::<DedupEntry>(tree, &dedup_key(&cmd.request_id))?
+                };
+                match replay {
+                    Some(d) => {
+                        self.dedup_stats.hits.fetch_add(1, Ordering::Relaxed);
+                        ApplyResult {
+                            duplicate: true,
+                            ..d.result
+                        }
+                    }
+                    None => {
+                        let (result, changes) =
+                            apply_command(&TreeView(tree), revision, last_hlc, cmd)?;
+                        for c in &changes {
+                            match &c.after {
+                                Some(r) => batch.insert(rec_key(&c.key), encode(r)?),
+                                None => batch.remove(rec_key(&c.key)),
+                            }
+                        }
+                        batch.insert(LAST_HLC, encode(&result.hlc)?);
+                        if !cmd.request_id.is_empty() {
+                            self.remember(tree, &mut batch, &cmd.request_id, &result)?;
+                        }
+                        result
+                    }
+                }
+            }
+        };
+        tree.apply_batch(batch)?;
+        self.hlc.observe(result.hlc);
+        Ok(result)
+    }
+
+    /// Add `id` to the exactly-once table and expire/evict old ids, in `batch`.
+    fn remember(
+        &self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        id: &str,
+        result: &ApplyResult,
+    ) -> Result<(), StorageError> {
+        let now = result.hlc.wall_ns;
+        let entry = DedupEntry {
+            wall_ns: now,
+            result: result.clone(),
+        };
+        batch.insert(dedup_key(id), encode(&entry)?);
+        batch.insert(expiry_key(now, id), &[][..]);
+        let mut count: u64 = get_meta(tree, DEDUP_COUNT)?.unwrap_or(0) + 1;
+        let cutoff = now.saturating_sub(self.dedup.window_ns);
+        let mut dropped = 0;
+        for kv in tree.scan_prefix([EXPIRY]) {
+            if dropped >= DEDUP_EVICT_PER_APPLY {
+                break;
+            }
+            let (k, _) = kv?;
+            let wall = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StorageError::Corrupt("short expiry key".into()))?;
+            let full = count > self.dedup.max_entries;
+            if wall >= cutoff && !full {
+                break;
+            }
+            let old_id = &k[9..];
+            batch.remove(&k);
+            let mut dk = vec![DEDUP];
+            dk.extend_from_slice(old_id);
+            batch.remove(dk);
+            count -= 1;
+            dropped += 1;
+            let stat = if full {
+                &self.dedup_stats.evicted
+            } else {
+                &self.dedup_stats.expired
+            };
+            stat.fetch_add(1, Ordering::Relaxed);
+        }
+        batch.insert(DEDUP_COUNT, encode(&count)?);
+        Ok(())
+    }
+
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, String)>, StorageError> {
+        get_meta(&self.raft_meta, SNAPSHOT_KEY)
+    }
+
+    fn open_snapshot(
+        &self,
+        meta: SnapshotMeta,
+        name: &str,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
+        let file = std::fs::File::open(self.store.snapshot_dir().join(name))?;
+        Ok(openraft::storage::Snapshot {
+            meta,
+            snapshot: file,
+        })
+    }
+
+    /// Make `name` the current snapshot and delete older snapshot files.
+    fn set_current_snapshot(&self, meta: &SnapshotMeta, name: &str) -> Result<(), StorageError> {
+        self.raft_meta
+            .insert(SNAPSHOT_KEY, encode(&(meta.clone(), name.to_string()))?)?;
+        self.store.sync()?;
+        if let Ok(dir) = std::fs::read_dir(self.store.snapshot_dir()) {
+            for f in dir.flatten() {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                if fname.starts_with("snap-") && fname != name {
+                    // An open transfer keeps its file handle; unlinking is safe.
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dump the active tree into a snapshot file (runs on the state-machine task, so no
+    /// entry is applied meanwhile and the dump is consistent).
+    fn build_snapshot_now(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
+        let tree = self.shared.tree();
+        let last_log_id: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
+        let last_membership: StoredMembership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            ..Default::default()
+        };
+        let path = write_snapshot(&self.store.snapshot_dir(), &meta, tree.iter())?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| StorageError::Corrupt("snapshot path without a name".into()))?;
+        self.set_current_snapshot(&meta, &name)?;
+        self.open_snapshot(meta, &name)
+    }
+
+    fn install(
+        &mut self,
+        meta: &SnapshotMeta,
+        file: &mut std::fs::File,
+    ) -> Result<(), StorageError> {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0))?;
+        let (mut reader, file_meta) = SnapshotReader::open(&mut *file)?;
+        if &file_meta != meta {
+            return Err(StorageError::Corrupt(format!(
+                "snapshot meta {file_meta} != offered {meta}"
+            )));
+        }
+        let gen = self.gen + 1;
+        let name = tree_name(gen);
+        self.store.db().drop_tree(name.as_bytes())?;
+        let tree = self.store.db().open_tree(&name)?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        while let Some((k, v)) = reader.next_pair()? {
+            batch.insert(k, v);
+            n += 1;
+            if n % INSTALL_BATCH_ITEMS == 0 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        tree.apply_batch(batch)?;
+        let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
+        if applied != meta.last_log_id {
+            return Err(StorageError::Corrupt(format!(
+                "snapshot applied {applied:?} != meta {:?}",
+                meta.last_log_id
+            )));
+        }
+        self.raft_meta.insert(GEN_KEY, encode(&gen)?)?;
+        self.store.sync()?;
+        let old = std::mem::replace(
+            &mut *self.shared.tree.write().unwrap_or_else(|e| e.into_inner()),
+            tree.clone(),
+        );
+        self.store.db().drop_tree(old.name())?;
+        self.gen = gen;
+        let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
+        self.hlc.observe(last);
+        // Keep the installed snapshot as ours, so we can serve it to others.
+        let name = super::snapshot::file_name(meta);
+        let dir = self.store.snapshot_dir();
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("{name}.tmp"));
+        file.seek(SeekFrom::Start(0))?;
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(file, &mut out)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, dir.join(&name))?;
+        self.set_current_snapshot(meta, &name)?;
+        tracing::info!(snapshot = %meta, records = n, "installed snapshot");
+        Ok(())
+    }
+}
+
+/// Builds a snapshot: the dump is taken when the builder is created (consistently, on
+/// the state-machine task); `build_snapshot` hands it over.
+pub struct SnapshotBuilder {
+    built: Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, String>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = std::fs::File;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
+        match std::mem::replace(&mut self.built, Err("snapshot already taken".into())) {
+            Ok(s) => Ok(s),
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = std::fs::File;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let tree = self.shared.tree();
+        let applied = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
+        let membership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + openraft::OptionalSend,
+    {
+        let tree = self.shared.tree();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let result = self.apply_entry(&tree, &entry).map_err(|e| {
+                tracing::error!(error = %e, log_id = %entry.log_id, "apply failed: stopping to avoid divergence");
+                io::Error::from(e)
+            })?;
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let built =
+            tokio::task::block_in_place(|| self.build_snapshot_now()).map_err(|e| e.to_string());
+        if let Err(e) = &built {
+            tracing::error!(error = %e, "building snapshot failed");
+        }
+        SnapshotBuilder { built }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: std::fs::File,
+    ) -> Result<(), io::Error> {
+        tokio::task::block_in_place(|| self.install(meta, &mut snapshot)).map_err(|e| {
+            tracing::error!(error = %e, "installing snapshot failed");
+            io::Error::from(e)
+        })
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>>, io::Error> {
+        match self.current_snapshot()? {
+            Some((meta, name)) => Ok(Some(self.open_snapshot(meta, &name)?)),
+            None => Ok(None),
+        }
+    }
+}
