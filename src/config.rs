@@ -79,8 +79,6 @@ pub struct RaftConfig {
     pub max_payload_entries: u64,
     /// Snapshot transfer chunk size, bytes.
     pub snapshot_chunk_bytes: u64,
-    /// Timeout of one peer RPC (append/vote), ms.
-    pub rpc_timeout_ms: u64,
     /// Timeout of a full snapshot transfer, ms.
     pub snapshot_timeout_ms: u64,
 }
@@ -95,7 +93,6 @@ impl Default for RaftConfig {
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 512,
             snapshot_chunk_bytes: 1024 * 1024,
-            rpc_timeout_ms: 1_000,
             snapshot_timeout_ms: 60_000,
         }
     }
@@ -352,5 +349,18 @@ mod tests {
         assert_eq!(c.id, 7);
         let err = c.apply_env(|k| (k == "MERIDIAN_ID").then(|| "x".to_string()));
         assert!(err.is_err());
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_sample_config_parses_and_is_valid() {
+        let text = include_str!("../cluster/node.sample.toml");
+        let c: NodeConfig = toml::from_str(text).expect("sample parses");
+        c.validate().expect("sample valid");
+        assert_eq!(c.peers.len(), 3);
     }
 }

@@ -19,6 +19,9 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
+#[cfg(test)]
+mod conformance;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
