@@ -61,6 +61,20 @@ pub struct PeerConfig {
     pub region: String,
 }
 
+/// A per-peer address override: this node reaches peer `id` through these addresses
+/// instead of the ones in the membership. The launcher uses it to route every directed
+/// link through the fault proxy (latency, partitions) without changing the membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Peer node id.
+    pub id: u64,
+    /// Address to use for the peer's Raft service.
+    pub raft_addr: Option<String>,
+    /// Address to use for the peer's public API (request forwarding).
+    pub api_addr: Option<String>,
+}
+
 /// Raft timing and log-retention settings (every openraft option we rely on).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -122,6 +136,8 @@ pub struct NodeConfig {
     pub peers: Vec<PeerConfig>,
     /// Initialise the cluster from `peers` if this node has never been initialised.
     pub bootstrap: bool,
+    /// Per-peer address overrides (see [`RouteConfig`]).
+    pub routes: Vec<RouteConfig>,
     /// Key size limit, bytes.
     pub max_key_bytes: usize,
     /// Value size limit, bytes.
@@ -161,6 +177,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("data/node-1"),
             peers: Vec::new(),
             bootstrap: false,
+            routes: Vec::new(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_clock_offset_ms: 500,
@@ -297,6 +314,16 @@ impl NodeConfig {
             return bad("peers must have distinct ids >= 1".into());
         }
         Ok(())
+    }
+
+    /// The Raft address override for peer `id`, if any.
+    pub fn raft_route(&self, id: u64) -> Option<&str> {
+        self.routes.iter().find(|r| r.id == id).and_then(|r| r.raft_addr.as_deref())
+    }
+
+    /// The API address override for peer `id`, if any.
+    pub fn api_route(&self, id: u64) -> Option<&str> {
+        self.routes.iter().find(|r| r.id == id).and_then(|r| r.api_addr.as_deref())
     }
 
     /// The API address advertised to peers and clients.

@@ -47,6 +47,7 @@ pub struct Network {
 
 struct NetInner {
     cluster_name: String,
+    routes: HashMap<NodeId, String>,
     hlc: Hlc,
     snapshot_chunk_bytes: usize,
     channels: Mutex<HashMap<String, Channel>>,
@@ -64,10 +65,17 @@ pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 impl Network {
-    /// A network for a node of `cluster_name`, stamping RPCs with `hlc`.
-    pub fn new(cluster_name: String, hlc: Hlc, snapshot_chunk_bytes: usize) -> Self {
+    /// A network for a node of `cluster_name`, stamping RPCs with `hlc`; `routes`
+    /// overrides the Raft address of some peers (see `config::RouteConfig`).
+    pub fn new(
+        cluster_name: String,
+        hlc: Hlc,
+        snapshot_chunk_bytes: usize,
+        routes: HashMap<NodeId, String>,
+    ) -> Self {
         let inner = NetInner {
             cluster_name,
+            routes,
             hlc,
             snapshot_chunk_bytes,
             channels: Mutex::default(),
@@ -96,8 +104,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
+        let addr = self.inner.routes.get(&target).cloned().unwrap_or_else(|| node.raft_addr.clone());
         let client = self
-            .channel(&node.raft_addr)
+            .channel(&addr)
             .map(|c| {
                 RaftClient::new(c)
                     .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)

@@ -138,10 +138,13 @@ impl KvService {
             .unwrap_or_else(|_| Err(Error::Timeout("request deadline exceeded".into())));
         match res {
             Ok(r) => Ok(Response::new(r)),
-            Err(Error::NotLeader {
-                leader_api_addr: Some(addr),
-                leader_id,
-            }) if !ctx.forwarded => self.forward(&ctx, &addr, leader_id, inner, forward).await,
+            Err(Error::NotLeader { leader_api_addr: Some(addr), leader_id }) if !ctx.forwarded => {
+                // Reach the leader through its route (fault proxy) when one is configured;
+                // clients are always told the public address.
+                let route = leader_id.and_then(|id| self.core.config.api_route(id));
+                let target = route.map_or(addr, str::to_string);
+                self.forward(&ctx, &target, leader_id, inner, forward).await
+            }
             Err(e) => Err(to_status(e)),
         }
     }

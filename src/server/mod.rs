@@ -87,10 +87,12 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
     };
     let sm = StateMachine::open(&store, hlc.clone(), dedup)?;
     let reader = sm.reader();
+    let routes = cfg.routes.iter().filter_map(|r| Some((r.id, r.raft_addr.clone()?))).collect();
     let network = Network::new(
         cfg.cluster_name.clone(),
         hlc.clone(),
         cfg.raft.snapshot_chunk_bytes as usize,
+        routes,
     );
     let rcfg = openraft_config(&cfg).map_err(|e| StartError::Raft(e.to_string()))?;
     let raft = MeridianRaft::new(cfg.id, rcfg, network, log_store, sm)
