@@ -23,6 +23,27 @@ use crate::storage::types::{SnapshotMeta, Vote};
 /// Largest snapshot accepted from a leader, bytes (bounds disk use of a transfer).
 pub const MAX_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
+/// When this node last heard from a leader it accepted (an AppendEntries that
+/// succeeded), and the commit index that leader announced then. Followers use it to
+/// tell whether they are cut off (health) and how fresh their data provably is.
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    inner: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl LeaderContact {
+    /// Record a successful AppendEntries carrying `leader_commit`.
+    pub fn record(&self, leader_commit: u64) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), leader_commit));
+    }
+
+    /// (time of last contact, leader commit index then), if any.
+    pub fn last(&self) -> Option<(std::time::Instant, u64)> {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The Raft gRPC service of one node.
 #[derive(Clone)]
 pub struct RaftService {
@@ -32,6 +53,7 @@ pub struct RaftService {
     hlc: Hlc,
     snapshot_dir: PathBuf,
     clock_rejections: Arc<AtomicU64>,
+    contact: Arc<LeaderContact>,
 }
 
 impl RaftService {
@@ -43,6 +65,7 @@ impl RaftService {
         cluster_name: String,
         hlc: Hlc,
         snapshot_dir: PathBuf,
+        contact: Arc<LeaderContact>,
     ) -> Self {
         Self {
             raft,
@@ -51,6 +74,7 @@ impl RaftService {
             hlc,
             snapshot_dir,
             clock_rejections: Arc::default(),
+            contact,
         }
     }
 
@@ -105,8 +129,12 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let rpc = self.decode(req)?;
+        let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = self.decode(req)?;
+        let leader_commit = rpc.leader_commit.as_ref().map_or(0, |l| l.index);
         let resp = self.raft.append_entries(rpc).await.map_err(raft_status)?;
+        if resp.is_success() {
+            self.contact.record(leader_commit);
+        }
         reply(&resp)
     }
 

@@ -47,6 +47,8 @@ pub struct NodeCore {
     pub clock: std::sync::Arc<SystemClock>,
     /// Key and value limits.
     pub limits: Limits,
+    /// Last contact with an accepted leader (followers).
+    pub contact: std::sync::Arc<crate::raft::service::LeaderContact>,
 }
 
 impl NodeCore {

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod core;
+pub mod health;
 pub mod kv;
 pub mod status;
 pub mod validate;
@@ -102,6 +103,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         max_key_bytes: cfg.max_key_bytes,
         max_value_bytes: cfg.max_value_bytes,
     };
+    let contact = Arc::new(crate::raft::service::LeaderContact::default());
     let core = NodeCore {
         id: cfg.id,
         config: cfg,
@@ -110,6 +112,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         hlc,
         clock,
         limits,
+        contact,
     };
     Ok((Arc::new(core), raft, store))
 }
@@ -156,6 +159,7 @@ pub async fn run_node(
         core.config.cluster_name.clone(),
         core.hlc.clone(),
         store.snapshot_dir(),
+        core.contact.clone(),
     );
     let max = crate::raft::network::PEER_MAX_MESSAGE_BYTES;
     let api_max = kv::API_MAX_MESSAGE_BYTES;
@@ -174,6 +178,23 @@ pub async fn run_node(
             TcpListenerStream::new(raft_listener),
             stopped(stop_rx.clone()),
         );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Reflection in both versions: v1 for current tools, v1alpha for older clients
+    // (grpcurl before 1.9, Python's grpcio-reflection).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("meridian.v1.Kv")
+            .with_service_name("meridian.v1.Cluster")
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let reflection = reflection_builder()
+        .build_v1()
+        .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
     let api_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
@@ -186,9 +207,13 @@ pub async fn run_node(
         .add_service(pb::cluster_server::ClusterServer::new(
             cluster::ClusterService::new(core.clone()),
         ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
+    let health_task = tokio::spawn(health::run(core.clone(), health_reporter, stop_rx.clone()));
     tracing::info!(
         id = core.id,
         region = %core.config.region,
@@ -201,6 +226,7 @@ pub async fn run_node(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, api_task).await;
+    let _ = health_task.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

@@ -1,0 +1,68 @@
+//! The standard gRPC health service (`grpc.health.v1.Health`), kept up to date from
+//! Raft state so load balancers and generic tools route only to useful nodes.
+//!
+//! A node reports SERVING (for "" and "meridian.v1.Kv") only when it belongs to an
+//! initialised cluster and is in touch with it:
+//! - a leader: a quorum acknowledged it within the max election timeout, and it has
+//!   applied everything it committed;
+//! - a follower or learner: it accepted an AppendEntries from the leader within the
+//!   max election timeout, and has applied the commit index that leader announced.
+//! Otherwise (partitioned away, catching up, electing, not initialised) NOT_SERVING.
+//! `meridian.v1.Cluster` is always SERVING: status must stay reachable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{Instant as _, ServerState};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use super::core::NodeCore;
+
+/// How often health is re-evaluated, in addition to every Raft metrics change.
+pub const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Whether the node should report SERVING now.
+pub fn is_serving(core: &NodeCore) -> bool {
+    let m = core.raft.metrics();
+    let m = m.borrow_watched();
+    if m.membership_config.membership().voter_ids().next().is_none() {
+        return false;
+    }
+    let fresh = Duration::from_millis(core.config.raft.election_timeout_max_ms);
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+    match m.state {
+        ServerState::Leader => {
+            let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
+            m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < fresh) && applied >= committed
+        }
+        ServerState::Follower | ServerState::Learner => core
+            .contact
+            .last()
+            .is_some_and(|(at, leader_commit)| at.elapsed() < fresh && applied >= leader_commit),
+        ServerState::Candidate | ServerState::Shutdown => false,
+    }
+}
+
+/// Keep `reporter` up to date until `stop` turns true.
+pub async fn run(core: Arc<NodeCore>, reporter: HealthReporter, mut stop: tokio::sync::watch::Receiver<bool>) {
+    reporter.set_service_status("meridian.v1.Cluster", ServingStatus::Serving).await;
+    let mut metrics = core.raft.metrics();
+    let mut last = None;
+    loop {
+        let serving = is_serving(&core);
+        if last != Some(serving) {
+            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status("meridian.v1.Kv", status).await;
+            tracing::info!(serving, "health changed");
+            last = Some(serving);
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep(HEALTH_POLL_INTERVAL) => {}
+        }
+    }
+}
