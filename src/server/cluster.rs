@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{InitializeError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
@@ -12,7 +12,7 @@ use super::core::NodeCore;
 use super::status::to_status;
 use crate::error::Error;
 use crate::pb::v1 as pb;
-use crate::raft::NodeInfo;
+use crate::raft::{NodeInfo, TypeConfig};
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -145,5 +145,119 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let initialized = initialize(&self.core, members).await.map_err(to_status)?;
         Ok(Response::new(pb::InitializeResponse { initialized }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        self.add_learner_impl(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        self.change_membership_impl(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.transfer_leader_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::TransferLeaderResponse {}))
+    }
+
+    async fn set_clock_offset(
+        &self,
+        req: Request<pb::SetClockOffsetRequest>,
+    ) -> Result<Response<pb::SetClockOffsetResponse>, Status> {
+        self.set_clock_offset_impl(req.into_inner()).map(Response::new)
+    }
+}
+
+fn member_info(m: &pb::Member) -> Result<NodeInfo, Status> {
+    if m.id == 0 || m.api_addr.is_empty() || m.raft_addr.is_empty() {
+        return Err(Status::invalid_argument("member needs id >= 1, api_addr and raft_addr"));
+    }
+    Ok(NodeInfo { api_addr: m.api_addr.clone(), raft_addr: m.raft_addr.clone(), region: m.region.clone() })
+}
+
+/// Map a membership-change failure to a node error.
+fn write_error(core: &NodeCore, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            let (known, addr) = core.leader();
+            let leader_api_addr = if f.leader_id == known { addr } else { None };
+            Error::NotLeader { leader_id: f.leader_id, leader_api_addr }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Error::InvalidArgument(format!("membership change refused: {c}"))
+        }
+        RaftError::APIError(e) => Error::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => Error::Unavailable(format!("raft stopped: {f}")),
+    }
+}
+
+impl ClusterService {
+    /// AddLearner.
+    pub async fn add_learner_impl(&self, r: pb::AddLearnerRequest) -> Result<pb::AddLearnerResponse, Status> {
+        let m = r.member.ok_or_else(|| Status::invalid_argument("add_learner: member is required"))?;
+        let info = member_info(&m)?;
+        let resp = self
+            .core
+            .raft
+            .add_learner(m.id, info, r.blocking)
+            .await
+            .map_err(|e| to_status(write_error(&self.core, e)))?;
+        Ok(pb::AddLearnerResponse { revision: resp.log_id.index })
+    }
+
+    /// ChangeMembership.
+    pub async fn change_membership_impl(
+        &self,
+        r: pb::ChangeMembershipRequest,
+    ) -> Result<pb::ChangeMembershipResponse, Status> {
+        let voters: std::collections::BTreeSet<u64> = r.voter_ids.iter().copied().collect();
+        if voters.is_empty() || voters.len() != r.voter_ids.len() || voters.contains(&0) {
+            return Err(Status::invalid_argument(
+                "change_membership: voter_ids must be distinct, non-empty, and >= 1",
+            ));
+        }
+        let resp = self
+            .core
+            .raft
+            .change_membership(voters, r.retain_as_learners)
+            .await
+            .map_err(|e| to_status(write_error(&self.core, e)))?;
+        Ok(pb::ChangeMembershipResponse { revision: resp.log_id.index })
+    }
+
+    /// TransferLeader.
+    pub async fn transfer_leader_impl(&self, r: pb::TransferLeaderRequest) -> Result<(), Status> {
+        let core = &self.core;
+        let (leader, addr) = core.leader();
+        if leader != Some(core.id) {
+            return Err(to_status(Error::NotLeader { leader_id: leader, leader_api_addr: addr }));
+        }
+        let is_voter = core.raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == r.to);
+        if !is_voter {
+            return Err(Status::invalid_argument(format!("transfer_leader: node {} is not a voter", r.to)));
+        }
+        core.raft.trigger().transfer_leader(r.to).await.map_err(|f| to_status(Error::Unavailable(f.to_string())))
+    }
+
+    /// SetClockOffset.
+    pub fn set_clock_offset_impl(&self, r: pb::SetClockOffsetRequest) -> Result<pb::SetClockOffsetResponse, Status> {
+        if !self.core.config.allow_fault_injection {
+            return Err(Status::unimplemented(
+                "SetClockOffset is a fault-injection RPC: start the node with --allow-fault-injection",
+            ));
+        }
+        let previous = self.core.clock.offset_ns() / 1_000_000;
+        self.core.clock.set_offset_ns(r.offset_ms.saturating_mul(1_000_000));
+        tracing::warn!(offset_ms = r.offset_ms, "fault injection: physical clock offset set");
+        Ok(pb::SetClockOffsetResponse { previous_offset_ms: previous })
     }
 }
