@@ -14,6 +14,8 @@
 pub mod pb;
 
 pub mod cli;
+pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod hlc;
 pub mod record;

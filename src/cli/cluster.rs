@@ -1,15 +1,400 @@
-//! `meridian cluster` (being written).
+//! `meridian cluster up|status|down`: run a local cluster of node processes.
+//!
+//! - `up [MANIFEST] [--data-dir DIR] [--binary PATH]` spawns one `meridian node` per
+//!   manifest node (embedded default: cluster/local-3.toml), waits for a leader,
+//!   prints the endpoints and the leader, writes `<data_dir>/cluster.json`, then stays
+//!   in the foreground forwarding node output as `[node-N] ...` lines on stderr.
+//!   SIGINT (Ctrl-C) or SIGTERM stops every node (SIGTERM, SIGKILL after a timeout)
+//!   and removes cluster.json. Re-running `up` on the same data dir restarts the same
+//!   cluster (bootstrap is idempotent).
+//! - `status [--data-dir DIR | --endpoints A,B]` prints each node's Raft view; exit 1
+//!   if any node is down.
+//! - `down [--data-dir DIR]` stops the nodes recorded in cluster.json (each pid is
+//!   checked to still be that `meridian node` before it is signalled).
+//!
+//! Exit codes: 2 for a bad manifest or usage, 1 for operational failures.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::{CliError, CliResult};
+use crate::cluster::manifest::{Manifest, DEFAULT_MANIFEST_ORIGIN};
+use crate::cluster::process::{self, describe_exit, LaunchOptions, LocalCluster, LogTarget};
+use crate::cluster::state::{self, ClusterState, NodeState, StopOutcome};
+use crate::cluster::{signal as sig, ClusterError};
+use crate::pb::v1 as pb;
+
+/// How often `cluster up` checks whether its nodes are still alive.
+const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
+/// Default data root of `status` and `down` (the manifests' default too).
+const DEFAULT_DATA_DIR: &str = "./data";
 
 /// `meridian cluster` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {
-    /// Start a local cluster in the foreground.
-    Up,
+    /// Start a local cluster in the foreground (Ctrl-C stops it).
+    Up(UpArgs),
+    /// Show every node's role, term, leader and indexes.
+    Status(StatusArgs),
+    /// Stop a cluster started by `cluster up` (from its cluster.json).
+    Down(DownArgs),
+}
+
+/// Arguments of `meridian cluster up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Cluster manifest (TOML); default: the embedded cluster/local-3.toml.
+    pub manifest: Option<PathBuf>,
+    /// Data root, overriding the manifest's data_dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The meridian binary to run for each node (default: this executable).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+}
+
+/// Arguments of `meridian cluster status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Data root holding cluster.json.
+    #[arg(long, conflicts_with = "endpoints")]
+    pub data_dir: Option<PathBuf>,
+    /// Node API addresses (host:port or http://host:port), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+}
+
+/// Arguments of `meridian cluster down`.
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    /// Data root holding cluster.json.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Run a `meridian cluster` subcommand.
-pub fn run(_cmd: ClusterCommand) -> CliResult {
-    Err(CliError::failure(anyhow::anyhow!("meridian cluster is not built yet")))
+pub fn run(cmd: ClusterCommand) -> CliResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::failure)?;
+    match cmd {
+        ClusterCommand::Up(args) => runtime.block_on(up(args)),
+        ClusterCommand::Status(args) => runtime.block_on(status(args)),
+        ClusterCommand::Down(args) => runtime.block_on(down(args)),
+    }
+}
+
+/// Map a launcher error to an exit code: a bad manifest is bad input.
+fn cli_error(e: ClusterError) -> CliError {
+    match e {
+        ClusterError::Manifest { .. } => CliError::bad_input(e),
+        other => CliError::failure(other),
+    }
+}
+
+fn load_manifest(path: Option<&Path>) -> Result<(Manifest, String), ClusterError> {
+    match path {
+        Some(p) => Ok((Manifest::load(p)?, p.display().to_string())),
+        None => Ok((Manifest::embedded_default()?, DEFAULT_MANIFEST_ORIGIN.to_string())),
+    }
+}
+
+async fn up(args: UpArgs) -> CliResult {
+    let (mut manifest, origin) = load_manifest(args.manifest.as_deref()).map_err(cli_error)?;
+    if let Some(dir) = args.data_dir {
+        manifest.data_dir = dir;
+    }
+    refuse_if_running(&manifest.data_dir)?;
+    let binary = process::resolve_binary(args.binary.as_deref(), &manifest).map_err(cli_error)?;
+    let options = LaunchOptions {
+        logs: LogTarget::Stderr,
+        own_process_group: true,
+        ..LaunchOptions::new(binary)
+    };
+    // Handlers first: the nodes run in their own process groups, so a Ctrl-C that
+    // killed the launcher before it could stop them would orphan them.
+    let mut stop = StopSignals::install()?;
+    let cluster = LocalCluster::new(manifest, options).map_err(cli_error)?;
+    let data_root = cluster.data_root().to_path_buf();
+    let started = tokio::select! {
+        r = start(&cluster, &origin) => r.map_err(cli_error),
+        name = stop.recv() => Err(CliError::failure(anyhow::anyhow!("{name} during start-up"))),
+    };
+    let outcome = match started {
+        Ok((state, leader)) => {
+            print_up(&cluster, &state, leader);
+            wait_for_end(&cluster, &mut stop).await
+        }
+        Err(e) => Err(e),
+    };
+    shutdown(&cluster).await;
+    ClusterState::remove(&data_root).map_err(cli_error)?;
+    outcome
+}
+
+/// SIGINT and SIGTERM, either of which stops the cluster.
+struct StopSignals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> CliResult<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).map_err(CliError::failure)?,
+            sigterm: signal(SignalKind::terminate()).map_err(CliError::failure)?,
+        })
+    }
+
+    /// Wait for the next stop signal; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.sigint.recv() => "SIGINT",
+            _ = self.sigterm.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Refuse to start over a cluster that still runs from the same data root.
+fn refuse_if_running(data_root: &Path) -> CliResult {
+    let Some(previous) = ClusterState::read(data_root).map_err(cli_error)? else { return Ok(()) };
+    let live: Vec<String> =
+        previous.live_nodes().iter().map(|n| format!("node-{} (pid {})", n.id, n.pid)).collect();
+    if previous.launcher_alive() || !live.is_empty() {
+        return Err(CliError::failure(anyhow::anyhow!(
+            "a cluster is already running from {} (launcher pid {}, nodes: {}); stop it with \
+             `meridian cluster down --data-dir {}`",
+            data_root.display(),
+            previous.launcher_pid,
+            if live.is_empty() { "none".to_string() } else { live.join(", ") },
+            data_root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Spawn every node, record them in cluster.json (so `cluster down` finds them even
+/// while they start), wait until each is ready and a leader is agreed on.
+async fn start(cluster: &LocalCluster, origin: &str) -> Result<(ClusterState, u64), ClusterError> {
+    for id in cluster.ids() {
+        cluster.spawn(id)?;
+    }
+    let state = record(cluster, origin);
+    state.write(cluster.data_root())?;
+    cluster.start_all().await?;
+    let leader = cluster.leader().await?;
+    Ok((state, leader))
+}
+
+fn record(cluster: &LocalCluster, origin: &str) -> ClusterState {
+    let pids = cluster.pids();
+    let nodes = cluster
+        .manifest()
+        .nodes
+        .iter()
+        .map(|n| NodeState {
+            id: n.id,
+            region: n.region.clone(),
+            pid: pids.get(&n.id).copied().unwrap_or(0),
+            api_addr: n.api_addr.to_string(),
+            raft_addr: n.raft_addr.to_string(),
+            config_path: cluster.data_root().join(format!("node-{}.toml", n.id)),
+        })
+        .collect();
+    ClusterState {
+        cluster_name: cluster.manifest().name.clone(),
+        manifest: origin.to_string(),
+        launcher_pid: std::process::id(),
+        nodes,
+    }
+}
+
+fn print_up(cluster: &LocalCluster, state: &ClusterState, leader: u64) {
+    let endpoints = cluster.endpoints();
+    println!(
+        "cluster {:?} is up: {} nodes, leader node-{leader}",
+        state.cluster_name,
+        state.nodes.len()
+    );
+    for n in &state.nodes {
+        let url = endpoints.get(&n.id).cloned().unwrap_or_default();
+        println!(
+            "  node-{:<3} region {:<10} api {:<24} raft {:<21} pid {}",
+            n.id, n.region, url, n.raft_addr, n.pid
+        );
+    }
+    let all: Vec<String> = endpoints.values().cloned().collect();
+    println!("endpoints: {}", all.join(","));
+    println!("leader: node-{leader}");
+    println!(
+        "state: {} (stop with Ctrl-C or `meridian cluster down --data-dir {}`)",
+        state::state_path(cluster.data_root()).display(),
+        cluster.data_root().display()
+    );
+}
+
+/// Run until SIGINT/SIGTERM (Ok) or until every node has exited (Ok if all exited
+/// cleanly, as after `cluster down`; a failure otherwise).
+async fn wait_for_end(cluster: &LocalCluster, stop: &mut StopSignals) -> CliResult {
+    let mut reported = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(MONITOR_INTERVAL);
+    loop {
+        tokio::select! {
+            name = stop.recv() => {
+                eprintln!("[cluster] {name}: stopping every node");
+                return Ok(());
+            }
+            _ = tick.tick() => {}
+        }
+        let mut exited = Vec::new();
+        for id in cluster.ids() {
+            if cluster.is_running(id) {
+                continue;
+            }
+            let status = cluster.last_exit(id);
+            if reported.insert(id) {
+                let how = status.map(describe_exit).unwrap_or_else(|| "unknown status".into());
+                eprintln!("[cluster] node-{id} exited: {how}");
+            }
+            exited.push(status.is_some_and(|s| s.success()));
+        }
+        if exited.len() == cluster.ids().len() {
+            return if exited.iter().all(|ok| *ok) {
+                eprintln!("[cluster] every node has exited");
+                Ok(())
+            } else {
+                Err(CliError::failure(anyhow::anyhow!("every node has exited, some with an error")))
+            };
+        }
+    }
+}
+
+async fn shutdown(cluster: &LocalCluster) {
+    for (id, result) in cluster.stop_all().await {
+        match result {
+            Ok(status) => eprintln!("[cluster] node-{id} stopped: {}", describe_exit(status)),
+            Err(e) => eprintln!("[cluster] node-{id}: {e}"),
+        }
+    }
+}
+
+async fn status(args: StatusArgs) -> CliResult {
+    let targets: Vec<(Option<u64>, String)> = if args.endpoints.is_empty() {
+        let root = args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let state = ClusterState::read(&root).map_err(cli_error)?.ok_or_else(|| {
+            CliError::failure(anyhow::anyhow!(
+                "no {} in {}: is a cluster running there? (or pass --endpoints)",
+                state::STATE_FILE,
+                root.display()
+            ))
+        })?;
+        state.nodes.iter().map(|n| (Some(n.id), n.api_addr.clone())).collect()
+    } else {
+        args.endpoints.iter().map(|e| (None, e.clone())).collect()
+    };
+    let calls = targets.iter().map(|(_, addr)| node_status(addr));
+    let results = futures::future::join_all(calls).await;
+    println!(
+        "{:<4} {:<10} {:<10} {:>6} {:>7} {:>9} {:>9}  API",
+        "ID", "REGION", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
+    );
+    let mut down = 0;
+    for ((id, addr), result) in targets.iter().zip(results) {
+        match result {
+            Ok(s) => println!(
+                "{:<4} {:<10} {:<10} {:>6} {:>7} {:>9} {:>9}  {}",
+                s.id,
+                s.region,
+                role_name(s.role()),
+                s.term,
+                s.leader_id,
+                s.commit_index,
+                s.applied_index,
+                addr
+            ),
+            Err(e) => {
+                down += 1;
+                let id = id.map(|i| i.to_string()).unwrap_or_else(|| "?".into());
+                println!(
+                    "{id:<4} {:<10} {:<10} {:>6} {:>7} {:>9} {:>9}  {addr} ({e})",
+                    "-", "down", "-", "-", "-", "-"
+                );
+            }
+        }
+    }
+    if down > 0 {
+        return Err(CliError::failure(anyhow::anyhow!(
+            "{down} of {} nodes are down",
+            targets.len()
+        )));
+    }
+    Ok(())
+}
+
+fn role_name(role: pb::Role) -> &'static str {
+    match role {
+        pb::Role::Leader => "leader",
+        pb::Role::Follower => "follower",
+        pb::Role::Candidate => "candidate",
+        pb::Role::Learner => "learner",
+        pb::Role::Shutdown => "shutdown",
+        pb::Role::Unspecified => "unknown",
+    }
+}
+
+/// One `Cluster/Status` call to `addr` within the launcher's status timeout.
+async fn node_status(addr: &str) -> Result<pb::StatusResponse, String> {
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|_| format!("invalid endpoint {url:?}"))?
+        .connect_timeout(process::CONNECT_TIMEOUT);
+    let call = async {
+        let channel = endpoint.connect().await.map_err(|e| format!("unreachable: {e}"))?;
+        let mut client = pb::cluster_client::ClusterClient::new(channel);
+        client
+            .status(pb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    };
+    tokio::time::timeout(process::STATUS_RPC_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", process::STATUS_RPC_TIMEOUT)))
+}
+
+async fn down(args: DownArgs) -> CliResult {
+    let root = args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let Some(state) = ClusterState::read(&root).map_err(cli_error)? else {
+        println!("no {} in {}: nothing to stop", state::STATE_FILE, root.display());
+        return Ok(());
+    };
+    let outcomes = state::stop_recorded(&state, process::STOP_TIMEOUT).await.map_err(cli_error)?;
+    for (id, outcome) in &outcomes {
+        let what = match outcome {
+            StopOutcome::NotRunning => "was not running",
+            StopOutcome::Stopped => "stopped",
+            StopOutcome::Killed => "did not stop after SIGTERM: killed",
+        };
+        println!("node-{id} {what}");
+    }
+    // The launcher notices that its nodes have exited, removes cluster.json and exits.
+    let launcher_gone =
+        crate::cluster::poll_until("the launcher to exit", process::STOP_TIMEOUT, || async {
+            if state.launcher_alive() {
+                Err(format!("pid {} still running", state.launcher_pid))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    if launcher_gone.is_err() && sig::is_meridian_launcher(state.launcher_pid) {
+        let _ = sig::send(state.launcher_pid, sig::Sig::Term);
+    }
+    ClusterState::remove(&root).map_err(cli_error)?;
+    println!("cluster {:?} is down", state.cluster_name);
+    Ok(())
 }

@@ -130,7 +130,8 @@ impl FaultProxy {
         let (tx, rx) = watch::channel(LinkFaults::default());
         let connections = Arc::new(AtomicUsize::new(0));
         let accept_task = tokio::spawn(accept_loop(listener, target, rx, connections.clone()));
-        let link = Link { name: name.to_string(), listen, target, faults: tx, connections, accept_task };
+        let link =
+            Link { name: name.to_string(), listen, target, faults: tx, connections, accept_task };
         self.lock().insert(name.to_string(), Arc::new(link));
         Ok(listen)
     }
@@ -156,7 +157,12 @@ impl FaultProxy {
     }
 
     /// Set latency and jitter of a link.
-    pub fn set_latency(&self, name: &str, latency: Duration, jitter: Duration) -> Result<(), ProxyError> {
+    pub fn set_latency(
+        &self,
+        name: &str,
+        latency: Duration,
+        jitter: Duration,
+    ) -> Result<(), ProxyError> {
         self.modify(name, |f| {
             f.latency = latency;
             f.jitter = jitter;
@@ -226,7 +232,11 @@ async fn closed(mut faults: watch::Receiver<LinkFaults>, generation: u64, close_
     }
 }
 
-async fn serve_connection(client: TcpStream, target: SocketAddr, faults: watch::Receiver<LinkFaults>) {
+async fn serve_connection(
+    client: TcpStream,
+    target: SocketAddr,
+    faults: watch::Receiver<LinkFaults>,
+) {
     let start = *faults.borrow();
     let generation = start.reset_generation;
     if start.blackhole {
@@ -242,10 +252,11 @@ async fn serve_connection(client: TcpStream, target: SocketAddr, faults: watch::
         }
         return;
     }
-    let upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => s,
-        _ => return,
-    };
+    let upstream =
+        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => s,
+            _ => return,
+        };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let (cr, cw) = client.into_split();

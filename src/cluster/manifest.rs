@@ -1,0 +1,286 @@
+//! Cluster manifest: the TOML file that describes a local cluster for
+//! `meridian cluster up` and the test clusters.
+//!
+//! ```toml
+//! name = "meridian"            # cluster name, passed to every node
+//! data_dir = "./data"          # data root (default ./data), relative to the cwd
+//! # binary = "target/release/meridian"   # optional; default: the running binary
+//!
+//! [raft]                       # optional; passed to every node (node defaults otherwise)
+//! heartbeat_interval_ms = 100
+//!
+//! [[node]]
+//! id = 1
+//! region = "local"             # default "local"
+//! api_addr = "127.0.0.1:7001"
+//! raft_addr = "127.0.0.1:7101"
+//! extra_args = ["--unsafe-stale-reads"]   # optional, appended to the node's command line
+//! ```
+//!
+//! Invariants after [`Manifest::parse`]: unknown fields are rejected; there is at
+//! least one and at most [`MAX_NODES`] nodes; ids are distinct and >= 1; every api and
+//! raft address is distinct; each node's generated [`NodeConfig`] passes
+//! [`NodeConfig::validate`] (so Raft timing mistakes are caught before any process
+//! starts). The first node listed is the bootstrap node.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ClusterError;
+use crate::config::{NodeConfig, PeerConfig, RaftConfig};
+
+/// The embedded default manifest (cluster/local-3.toml): 3 nodes on 127.0.0.1.
+pub const DEFAULT_MANIFEST_TOML: &str = include_str!("../../cluster/local-3.toml");
+/// How the embedded default is named in messages.
+pub const DEFAULT_MANIFEST_ORIGIN: &str = "<embedded local-3.toml>";
+/// Most nodes a local cluster may have (Raft quorums past this are pointless locally).
+pub const MAX_NODES: usize = 15;
+/// Default data root.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+fn default_region() -> String {
+    "local".to_string()
+}
+
+/// One node of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestNode {
+    /// Node id (>= 1, unique).
+    pub id: u64,
+    /// Region label (default "local").
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Listen (and advertised) address of the public gRPC API.
+    pub api_addr: SocketAddr,
+    /// Listen (and advertised) address of the Raft service.
+    pub raft_addr: SocketAddr,
+    /// Extra command-line flags appended after `--config` (flags override the file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+}
+
+/// A validated cluster manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Cluster name (a node refuses a data dir of another cluster).
+    pub name: String,
+    /// Data root: node N keeps its data in `<data_dir>/node-N`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The `meridian` binary to run; default: the launcher's own executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<PathBuf>,
+    /// Raft settings for every node; absent fields take the node defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftConfig>,
+    /// The nodes; the first one bootstraps the cluster.
+    #[serde(rename = "node")]
+    pub nodes: Vec<ManifestNode>,
+}
+
+impl Manifest {
+    /// Parse and validate a manifest. `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ClusterError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ClusterError::Manifest {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        manifest
+            .validate()
+            .map_err(|message| ClusterError::Manifest { origin: origin.to_string(), message })?;
+        Ok(manifest)
+    }
+
+    /// Read, parse and validate a manifest file.
+    pub fn load(path: &Path) -> Result<Self, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ClusterError::Manifest {
+            origin: path.display().to_string(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default (cluster/local-3.toml).
+    pub fn embedded_default() -> Result<Self, ClusterError> {
+        Self::parse(DEFAULT_MANIFEST_TOML, DEFAULT_MANIFEST_ORIGIN)
+    }
+
+    /// Check every rule listed in the module docs; the message names the offender.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("at least one [[node]] is required".into());
+        }
+        if self.nodes.len() > MAX_NODES {
+            return Err(format!("{} nodes listed, at most {MAX_NODES} allowed", self.nodes.len()));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir must not be empty".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for node in &self.nodes {
+            if node.id == 0 {
+                return Err("node id 0 is invalid: ids start at 1".into());
+            }
+            if !ids.insert(node.id) {
+                return Err(format!("node id {} is listed twice", node.id));
+            }
+            for addr in [node.api_addr, node.raft_addr] {
+                if addr.port() == 0 {
+                    return Err(format!("node {}: address {addr} needs a fixed port", node.id));
+                }
+                if !addrs.insert(addr) {
+                    return Err(format!("node {}: address {addr} is used twice", node.id));
+                }
+            }
+            if node.extra_args.iter().any(|a| a == "--config") {
+                return Err(format!("node {}: extra_args must not contain --config", node.id));
+            }
+        }
+        for node in &self.nodes {
+            let config = self.node_config(node.id, Path::new(DEFAULT_DATA_DIR), true)?;
+            config.validate().map_err(|e| format!("node {}: {e}", node.id))?;
+        }
+        Ok(())
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: u64) -> Option<&ManifestNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The id of the bootstrap node (the first listed).
+    pub fn bootstrap_id(&self) -> Option<u64> {
+        self.nodes.first().map(|n| n.id)
+    }
+
+    /// The initial membership: every node of the manifest.
+    pub fn peers(&self) -> Vec<PeerConfig> {
+        self.nodes
+            .iter()
+            .map(|n| PeerConfig {
+                id: n.id,
+                api_addr: n.api_addr.to_string(),
+                raft_addr: n.raft_addr.to_string(),
+                region: n.region.clone(),
+            })
+            .collect()
+    }
+
+    /// The config of node `id` with its data dir under `data_root`. With `bootstrap`,
+    /// the first node gets `bootstrap = true` (idempotent on an initialised data dir).
+    pub fn node_config(
+        &self,
+        id: u64,
+        data_root: &Path,
+        bootstrap: bool,
+    ) -> Result<NodeConfig, String> {
+        let node = self.node(id).ok_or_else(|| format!("node {id} is not in the manifest"))?;
+        Ok(NodeConfig {
+            id,
+            cluster_name: self.name.clone(),
+            region: node.region.clone(),
+            api_addr: node.api_addr,
+            raft_addr: node.raft_addr,
+            data_dir: data_root.join(format!("node-{id}")),
+            peers: self.peers(),
+            bootstrap: bootstrap && self.bootstrap_id() == Some(id),
+            raft: self.raft.clone().unwrap_or_default(),
+            ..NodeConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_three_local_nodes() {
+        let m = Manifest::embedded_default().expect("default manifest is valid");
+        assert_eq!(m.nodes.len(), 3);
+        assert_eq!(m.data_dir, PathBuf::from("./data"));
+        let apis: Vec<String> = m.nodes.iter().map(|n| n.api_addr.to_string()).collect();
+        assert_eq!(apis, ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]);
+        let rafts: Vec<String> = m.nodes.iter().map(|n| n.raft_addr.to_string()).collect();
+        assert_eq!(rafts, ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]);
+        assert!(m.nodes.iter().all(|n| n.region == "local"));
+    }
+
+    #[test]
+    fn only_the_first_node_bootstraps_and_every_node_lists_all_peers() {
+        let m = Manifest::embedded_default().expect("valid");
+        let root = Path::new("/tmp/x");
+        let c1 = m.node_config(1, root, true).expect("node 1");
+        let c2 = m.node_config(2, root, true).expect("node 2");
+        assert!(c1.bootstrap);
+        assert!(!c2.bootstrap);
+        assert_eq!(c2.peers.len(), 3);
+        assert_eq!(c2.data_dir, PathBuf::from("/tmp/x/node-2"));
+        assert!(!m.node_config(1, root, false).expect("node 1").bootstrap);
+    }
+
+    #[test]
+    fn node_config_round_trips_through_toml() {
+        let m = Manifest::embedded_default().expect("valid");
+        let c = m.node_config(2, Path::new("/tmp/x"), true).expect("node 2");
+        let text = toml::to_string(&c).expect("serialize");
+        let back: NodeConfig = toml::from_str(&text).expect("parse back");
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_name() {
+        let text = format!("{DEFAULT_MANIFEST_TOML}\nbogus_field = 1\n");
+        let err = Manifest::parse(&text, "m.toml").expect_err("unknown field");
+        assert!(
+            err.to_string().contains("bogus_field") || err.to_string().contains("unknown"),
+            "{err}"
+        );
+        let text = DEFAULT_MANIFEST_TOML.replace("region = \"local\"", "regoin = \"local\"");
+        let err = Manifest::parse(&text, "m.toml").expect_err("unknown node field");
+        assert!(err.to_string().contains("regoin"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_addresses_are_rejected() {
+        let dup_id = DEFAULT_MANIFEST_TOML.replace("id = 2", "id = 1");
+        let err = Manifest::parse(&dup_id, "m.toml").expect_err("dup id");
+        assert!(err.to_string().contains("node id 1 is listed twice"), "{err}");
+        let dup_addr = DEFAULT_MANIFEST_TOML.replace("127.0.0.1:7102", "127.0.0.1:7001");
+        let err = Manifest::parse(&dup_addr, "m.toml").expect_err("dup addr");
+        assert!(err.to_string().contains("127.0.0.1:7001 is used twice"), "{err}");
+    }
+
+    #[test]
+    fn bad_raft_timings_and_empty_node_list_are_rejected() {
+        let text = "name = \"x\"\nnode = []\n";
+        let err = Manifest::parse(text, "m.toml").expect_err("no nodes");
+        assert!(err.to_string().contains("at least one"), "{err}");
+        let text = format!(
+            "{DEFAULT_MANIFEST_TOML}\n[raft]\nheartbeat_interval_ms = 500\nelection_timeout_min_ms = 100\n"
+        );
+        let err = Manifest::parse(&text, "m.toml").expect_err("bad timings");
+        assert!(err.to_string().contains("election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn raft_overrides_reach_every_node() {
+        let text = format!("{DEFAULT_MANIFEST_TOML}\n[raft]\nsnapshot_logs_since_last = 50\n");
+        let m = Manifest::parse(&text, "m.toml").expect("valid");
+        for n in &m.nodes {
+            let c = m.node_config(n.id, Path::new("d"), true).expect("config");
+            assert_eq!(c.raft.snapshot_logs_since_last, 50);
+            assert_eq!(c.raft.heartbeat_interval_ms, RaftConfig::default().heartbeat_interval_ms);
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! [`TestCluster`]: a [`LocalCluster`] for integration tests and the Jepsen harness.
+//!
+//! Each cluster gets its own temporary directory (data dirs, configs, one log file per
+//! node) and free 127.0.0.1 ports (bound to port 0 all at once, then released just
+//! before the nodes start), so tests run in parallel without colliding. Raft timings
+//! are short ([`test_raft_config`]) so elections take well under a second.
+//!
+//! On Drop every node is SIGKILLed and reaped. If the thread is panicking (a failed
+//! test), the last lines of every node's output are printed and the directory is kept,
+//! its path printed, so the full logs stay readable.
+
+use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::manifest::{Manifest, ManifestNode};
+use super::process::{LaunchOptions, LocalCluster, LogTarget, LEADER_TIMEOUT};
+use super::ClusterError;
+use crate::config::RaftConfig;
+
+/// Output lines per node printed when a test fails.
+pub const FAILURE_LOG_LINES: usize = 60;
+/// Start-up deadline of each test node.
+pub const TEST_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// SIGTERM-to-exit deadline of test nodes before SIGKILL.
+pub const TEST_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raft settings for tests: heartbeat 50 ms, election timeout 300..600 ms; the rest are
+/// the node defaults.
+pub fn test_raft_config() -> RaftConfig {
+    RaftConfig {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..RaftConfig::default()
+    }
+}
+
+/// How to start a [`TestCluster`].
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// The `meridian` binary (tests pass `env!("CARGO_BIN_EXE_meridian")`).
+    pub binary: PathBuf,
+    /// Cluster name.
+    pub name: String,
+    /// Raft settings of every node.
+    pub raft: RaftConfig,
+    /// Give node 1 `bootstrap = true`; off leaves every node uninitialised.
+    pub bootstrap: bool,
+    /// Wait for an agreed leader before returning (only with `bootstrap`).
+    pub wait_for_leader: bool,
+    /// Extra flags for every node.
+    pub extra_args: Vec<String>,
+    /// Node output destination; default one file per node in the temp dir.
+    pub logs: LogTarget,
+}
+
+impl TestOptions {
+    /// Defaults: name "test", [`test_raft_config`], bootstrap, wait for a leader, logs
+    /// to files.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            name: "test".to_string(),
+            raft: test_raft_config(),
+            bootstrap: true,
+            wait_for_leader: true,
+            extra_args: Vec::new(),
+            logs: LogTarget::Files,
+        }
+    }
+}
+
+/// Reserve `n` distinct free TCP ports on 127.0.0.1: all are bound at once (so they
+/// differ), then released for the nodes to bind.
+pub fn free_ports(n: usize) -> Result<Vec<u16>, ClusterError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClusterError::io("cannot bind 127.0.0.1:0 to pick a free port", e))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClusterError::io("cannot read a bound port", e))
+}
+
+/// A local cluster in a temporary directory; derefs to [`LocalCluster`].
+pub struct TestCluster {
+    // Field order matters: the cluster (its processes) drops before the directory.
+    cluster: LocalCluster,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster").field("cluster", &self.cluster).finish()
+    }
+}
+
+impl TestCluster {
+    /// Start `n` nodes (ids 1..=n, region "local") on free ports in a new temp dir,
+    /// wait until each answers, and (with `bootstrap` and `wait_for_leader`) until they
+    /// agree on a leader.
+    pub async fn start(n: usize, options: TestOptions) -> Result<Self, ClusterError> {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-test-")
+            .tempdir()
+            .map_err(|e| ClusterError::io("cannot create a temp dir", e))?;
+        let ports = free_ports(2 * n)?;
+        let nodes = (0..n)
+            .map(|i| ManifestNode {
+                id: i as u64 + 1,
+                region: "local".to_string(),
+                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
+                raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+                extra_args: options.extra_args.clone(),
+            })
+            .collect();
+        let manifest = Manifest {
+            name: options.name.clone(),
+            data_dir: dir.path().to_path_buf(),
+            binary: Some(options.binary.clone()),
+            raft: Some(options.raft.clone()),
+            nodes,
+        };
+        manifest.validate().map_err(|message| ClusterError::Manifest {
+            origin: "<test cluster>".to_string(),
+            message,
+        })?;
+        let launch = LaunchOptions {
+            binary: options.binary.clone(),
+            logs: options.logs,
+            bootstrap: options.bootstrap,
+            own_process_group: false,
+            ready_timeout: TEST_READY_TIMEOUT,
+            stop_timeout: TEST_STOP_TIMEOUT,
+        };
+        let cluster = TestCluster { cluster: LocalCluster::new(manifest, launch)?, dir: Some(dir) };
+        let started = async {
+            cluster.start_all().await?;
+            if options.bootstrap && options.wait_for_leader {
+                cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+            }
+            Ok::<(), ClusterError>(())
+        };
+        match started.await {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                cluster.cluster.dump_logs(FAILURE_LOG_LINES);
+                Err(e)
+            }
+        }
+    }
+
+    /// The temporary directory holding data dirs, configs and logs.
+    pub fn dir(&self) -> &Path {
+        self.cluster.data_root()
+    }
+
+    /// Keep the directory after Drop (it is also kept when a test panics).
+    pub fn keep_dir(&mut self) -> PathBuf {
+        match self.dir.take() {
+            Some(dir) => dir.keep(),
+            None => self.cluster.data_root().to_path_buf(),
+        }
+    }
+}
+
+impl Deref for TestCluster {
+    type Target = LocalCluster;
+
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.cluster.dump_logs(FAILURE_LOG_LINES);
+            let kept = self.keep_dir();
+            eprintln!("test cluster directory kept for inspection: {}", kept.display());
+        }
+    }
+}
