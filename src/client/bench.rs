@@ -1,0 +1,566 @@
+//! The load generator behind `meridian bench`: N tasks share a small pool of
+//! clients and loop over random keys until the deadline or the op budget, recording
+//! latencies in HDR histograms. [`BenchReport`] and [`LatencyRecorder`] are
+//! target-agnostic so a comparison run against another store can reuse them.
+//!
+//! Workloads:
+//! - `put`: unconditional writes of `value_size` bytes;
+//! - `get`: reads at the chosen consistency, after preloading every key;
+//! - `cas`: read the version, then write only at that version; a lost race is a
+//!   conflict (counted apart; a completed cycle either way). One cycle is one op.
+//!
+//! Invariants: every task stops at `warmup + duration` or when `max_ops` ops have
+//! started in total (warmup included), whichever comes first, so a run is always
+//! bounded. Ops that start during warmup are not recorded. Each task's RNG is seeded
+//! from `seed` and its index: a run's key sequence is reproducible.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::error::code_name;
+use super::{
+    Client, ClientConfig, ClientError, ClientMetrics, Consistency, PutOptions, ReadOptions,
+};
+
+/// Most concurrent tasks.
+pub const MAX_CONCURRENCY: usize = 4_096;
+/// Most clients in the pool (each has its own HTTP/2 connection per endpoint).
+pub const MAX_CLIENTS: usize = 64;
+/// Most distinct keys.
+pub const MAX_KEYS: u64 = 10_000_000;
+/// Largest value written, bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Default op budget of a run: large, but finite.
+pub const DEFAULT_MAX_OPS: u64 = 10_000_000;
+/// Largest latency the histograms hold, µs (larger values are clamped).
+pub const MAX_RECORDED_LATENCY_US: u64 = 60_000_000;
+/// Significant figures kept by the histograms.
+pub const HISTOGRAM_SIGFIGS: u8 = 3;
+
+/// What the tasks do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Unconditional writes.
+    Put,
+    /// Reads of preloaded keys.
+    Get,
+    /// Read-version-then-CAS cycles.
+    Cas,
+}
+
+impl Workload {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::Cas => "cas",
+        }
+    }
+}
+
+/// A benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Client settings (endpoints, timeouts, retries).
+    pub client: ClientConfig,
+    /// What to run.
+    pub workload: Workload,
+    /// Concurrent tasks (1..=4096).
+    pub concurrency: usize,
+    /// Clients in the pool, shared round-robin by the tasks (1..=64, <= concurrency).
+    pub clients: usize,
+    /// Measured time, after warmup.
+    pub duration: Duration,
+    /// Unmeasured time before it.
+    pub warmup: Duration,
+    /// Most ops started in total (>= 1).
+    pub max_ops: u64,
+    /// Distinct keys (1..=10M), chosen uniformly.
+    pub keys: u64,
+    /// Value size, bytes (<= 1 MiB).
+    pub value_size: usize,
+    /// Read consistency (get and the read half of cas).
+    pub consistency: Consistency,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Seed of the tasks' RNGs.
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            client: ClientConfig::default(),
+            workload: Workload::Put,
+            concurrency: 16,
+            clients: 4,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            max_ops: DEFAULT_MAX_OPS,
+            keys: 10_000,
+            value_size: 100,
+            consistency: Consistency::Linearizable,
+            key_prefix: "bench/".into(),
+            seed: 0,
+        }
+    }
+}
+
+impl BenchConfig {
+    /// Reject out-of-range values.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let bad = |m: String| Err(ClientError::Config(m));
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return bad(format!("concurrency must be 1..={MAX_CONCURRENCY}"));
+        }
+        if self.clients == 0 || self.clients > MAX_CLIENTS.min(self.concurrency) {
+            return bad(format!("clients must be 1..={} (and <= concurrency)", MAX_CLIENTS));
+        }
+        if self.keys == 0 || self.keys > MAX_KEYS {
+            return bad(format!("keys must be 1..={MAX_KEYS}"));
+        }
+        if self.value_size > MAX_VALUE_BYTES {
+            return bad(format!("value size must be <= {MAX_VALUE_BYTES} bytes"));
+        }
+        if self.max_ops == 0 || self.duration.is_zero() {
+            return bad("max ops and duration must be positive".into());
+        }
+        if self.consistency == Consistency::BoundedStaleness {
+            return bad("bench reads are linearizable or serializable".into());
+        }
+        self.client.validate()
+    }
+}
+
+/// Latency percentiles of successful ops, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Ops recorded.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// Outcomes of measured ops: a latency histogram, error counts by code, conflicts.
+#[derive(Debug, Clone)]
+pub struct LatencyRecorder {
+    histogram: Histogram<u64>,
+    /// Ops that completed (conflicts included).
+    pub ops: u64,
+    /// CAS version mismatches.
+    pub conflicts: u64,
+    /// Failed ops by upper-case gRPC code name.
+    pub errors: BTreeMap<String, u64>,
+    /// The first error message seen for each code (for diagnosis).
+    pub error_samples: BTreeMap<String, String>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyRecorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        let histogram = Histogram::new_with_bounds(1, MAX_RECORDED_LATENCY_US, HISTOGRAM_SIGFIGS)
+            .expect("constant histogram bounds are valid (checked by a unit test)");
+        Self {
+            histogram,
+            ops: 0,
+            conflicts: 0,
+            errors: BTreeMap::new(),
+            error_samples: BTreeMap::new(),
+        }
+    }
+
+    /// A completed op.
+    pub fn record_ok(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.histogram.saturating_record(us.clamp(1, MAX_RECORDED_LATENCY_US));
+        self.ops += 1;
+    }
+
+    /// A completed op that lost a CAS race.
+    pub fn record_conflict(&mut self, latency: Duration) {
+        self.record_ok(latency);
+        self.conflicts += 1;
+    }
+
+    /// A failed op, with its message (the first per code is kept as a sample).
+    pub fn record_error(&mut self, code: &str, message: &str) {
+        *self.errors.entry(code.to_string()).or_default() += 1;
+        if !self.error_samples.contains_key(code) {
+            self.error_samples.insert(code.to_string(), message.to_string());
+        }
+    }
+
+    /// Fold another recorder into this one.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        // Both histograms have the same bounds, so add cannot fail; count instead of
+        // panicking if it ever did.
+        if self.histogram.add(&other.histogram).is_err() {
+            self.record_error("HISTOGRAM_MERGE", "histogram bounds differ");
+        }
+        self.ops += other.ops;
+        self.conflicts += other.conflicts;
+        for (code, n) in &other.errors {
+            *self.errors.entry(code.clone()).or_default() += n;
+        }
+        for (code, message) in &other.error_samples {
+            self.error_samples.entry(code.clone()).or_insert_with(|| message.clone());
+        }
+    }
+
+    /// Percentiles in ms.
+    pub fn summary(&self) -> LatencySummary {
+        let h = &self.histogram;
+        let ms = |us: u64| us as f64 / 1_000.0;
+        LatencySummary {
+            count: h.len(),
+            mean: h.mean() / 1_000.0,
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// Warmup plus duration elapsed.
+    Duration,
+    /// The op budget ran out first.
+    MaxOps,
+}
+
+/// The machine-readable result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// System under test ("meridian").
+    pub target: String,
+    /// Workload name.
+    pub workload: String,
+    /// Endpoints used.
+    pub endpoints: Vec<String>,
+    /// Concurrent tasks.
+    pub concurrency: usize,
+    /// Clients in the pool.
+    pub clients: usize,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Value size, bytes.
+    pub value_size: usize,
+    /// Read consistency.
+    pub consistency: String,
+    /// RNG seed.
+    pub seed: u64,
+    /// Warmup, seconds.
+    pub warmup_s: f64,
+    /// Measured wall time, seconds.
+    pub elapsed_s: f64,
+    /// Completed measured ops (conflicts included).
+    pub ops: u64,
+    /// ops / elapsed_s.
+    pub ops_per_sec: f64,
+    /// Failed measured ops.
+    pub errors: u64,
+    /// Failed measured ops by gRPC code.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// The first error message seen for each code.
+    pub error_samples: BTreeMap<String, String>,
+    /// CAS conflicts (cas workload).
+    pub conflicts: u64,
+    /// Latency of completed measured ops.
+    pub latency_ms: LatencySummary,
+    /// Why the run stopped.
+    pub stopped_by: StopReason,
+    /// Client counters summed over the pool (retries, redirects, breaker opens).
+    pub client: ClientMetrics,
+}
+
+struct Shared {
+    config: BenchConfig,
+    value: Vec<u8>,
+    measure_from: Instant,
+    deadline: Instant,
+    started_ops: AtomicU64,
+}
+
+enum Outcome {
+    Ok,
+    Conflict,
+    Error(ClientError),
+}
+
+fn key_of(config: &BenchConfig, index: u64) -> String {
+    format!("{}{index:010}", config.key_prefix)
+}
+
+fn read_options(consistency: Consistency) -> ReadOptions {
+    ReadOptions { consistency, ..ReadOptions::default() }
+}
+
+async fn one_op(shared: &Shared, client: &Client, key: String) -> Outcome {
+    let error = Outcome::Error;
+    match shared.config.workload {
+        Workload::Put => match client.put(key, shared.value.clone()).await {
+            Ok(_) => Outcome::Ok,
+            Err(e) => error(e),
+        },
+        Workload::Get => match client.get(key, read_options(shared.config.consistency)).await {
+            Ok(_) => Outcome::Ok,
+            Err(e) => error(e),
+        },
+        Workload::Cas => {
+            let current =
+                match client.get(key.clone(), read_options(shared.config.consistency)).await {
+                    Ok(r) => r.record.map_or(0, |r| r.version),
+                    Err(e) => return error(e),
+                };
+            let options = PutOptions { expected_version: Some(current), ..PutOptions::default() };
+            match client.put_with(key, shared.value.clone(), options).await {
+                Ok(r) if r.succeeded => Outcome::Ok,
+                Ok(_) => Outcome::Conflict,
+                Err(e) => error(e),
+            }
+        }
+    }
+}
+
+async fn worker(
+    shared: Arc<Shared>,
+    client: Client,
+    index: usize,
+) -> (LatencyRecorder, StopReason) {
+    let mut rng =
+        StdRng::seed_from_u64(shared.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9));
+    let mut recorder = LatencyRecorder::new();
+    loop {
+        if Instant::now() >= shared.deadline {
+            return (recorder, StopReason::Duration);
+        }
+        if shared.started_ops.fetch_add(1, Ordering::Relaxed) >= shared.config.max_ops {
+            return (recorder, StopReason::MaxOps);
+        }
+        let key = key_of(&shared.config, rng.gen_range(0..shared.config.keys));
+        let started = Instant::now();
+        let outcome = one_op(&shared, &client, key).await;
+        if started < shared.measure_from {
+            continue;
+        }
+        match outcome {
+            Outcome::Ok => recorder.record_ok(started.elapsed()),
+            Outcome::Conflict => recorder.record_conflict(started.elapsed()),
+            Outcome::Error(e) => recorder.record_error(code_name(e.code()), &e.to_string()),
+        }
+    }
+}
+
+/// Write every key once (for the get workload), spread over `concurrency` tasks.
+async fn preload(config: &BenchConfig, pool: &[Client], value: &[u8]) -> Result<(), ClientError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let stride = config.concurrency as u64;
+    for task in 0..stride.min(config.keys) {
+        let client = pool[task as usize % pool.len()].clone();
+        let (config, value) = (config.clone(), value.to_vec());
+        tasks.spawn(async move {
+            let mut index = task;
+            while index < config.keys {
+                client.put(key_of(&config, index), value.clone()).await?;
+                index += stride;
+            }
+            Ok::<(), ClientError>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| ClientError::Config(format!("preload task failed: {e}")))??;
+    }
+    Ok(())
+}
+
+/// Run a benchmark against a Meridian cluster and report. Errors only for a bad
+/// config or a failed preload; op failures are counted in the report.
+pub async fn run_bench(config: BenchConfig) -> Result<BenchReport, ClientError> {
+    config.validate()?;
+    let pool = (0..config.clients)
+        .map(|i| {
+            let mut c = config.client.clone();
+            c.retry.jitter_seed = Some(config.seed.wrapping_add(i as u64));
+            Client::connect(c)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let value: Vec<u8> =
+        (0..config.value_size).map(|_| rng.sample(rand::distributions::Alphanumeric)).collect();
+    if config.workload == Workload::Get {
+        preload(&config, &pool, &value).await?;
+    }
+    let measure_from = Instant::now() + config.warmup;
+    let shared = Arc::new(Shared {
+        deadline: measure_from + config.duration,
+        measure_from,
+        value,
+        started_ops: AtomicU64::new(0),
+        config: config.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..config.concurrency {
+        tasks.spawn(worker(shared.clone(), pool[index % pool.len()].clone(), index));
+    }
+    let mut total = LatencyRecorder::new();
+    let mut stopped_by = StopReason::Duration;
+    while let Some(joined) = tasks.join_next().await {
+        let (recorder, reason) =
+            joined.map_err(|e| ClientError::Config(format!("bench task failed: {e}")))?;
+        total.merge(&recorder);
+        if reason == StopReason::MaxOps {
+            stopped_by = StopReason::MaxOps;
+        }
+    }
+    let elapsed = Instant::now().saturating_duration_since(measure_from);
+    Ok(report(&config, &pool, &total, elapsed, stopped_by))
+}
+
+fn report(
+    config: &BenchConfig,
+    pool: &[Client],
+    total: &LatencyRecorder,
+    elapsed: Duration,
+    stopped_by: StopReason,
+) -> BenchReport {
+    let elapsed_s = elapsed.as_secs_f64();
+    let client =
+        pool.iter().map(Client::metrics).fold(ClientMetrics::default(), |a, m| ClientMetrics {
+            calls: a.calls + m.calls,
+            attempts: a.attempts + m.attempts,
+            retries: a.retries + m.retries,
+            redirects: a.redirects + m.redirects,
+            breaker_opens: a.breaker_opens + m.breaker_opens,
+            breaker_rejections: a.breaker_rejections + m.breaker_rejections,
+            failed_calls: a.failed_calls + m.failed_calls,
+            indeterminate_calls: a.indeterminate_calls + m.indeterminate_calls,
+        });
+    BenchReport {
+        target: "meridian".into(),
+        workload: config.workload.as_str().into(),
+        endpoints: config.client.endpoints.clone(),
+        concurrency: config.concurrency,
+        clients: config.clients,
+        keys: config.keys,
+        value_size: config.value_size,
+        consistency: consistency_name(config.consistency).into(),
+        seed: config.seed,
+        warmup_s: config.warmup.as_secs_f64(),
+        elapsed_s,
+        ops: total.ops,
+        ops_per_sec: if elapsed_s > 0.0 { total.ops as f64 / elapsed_s } else { 0.0 },
+        errors: total.errors.values().sum(),
+        errors_by_code: total.errors.clone(),
+        error_samples: total.error_samples.clone(),
+        conflicts: total.conflicts,
+        latency_ms: total.summary(),
+        stopped_by,
+        client,
+    }
+}
+
+/// Lower-case name of a consistency level.
+pub fn consistency_name(c: Consistency) -> &'static str {
+    match c {
+        Consistency::Unspecified | Consistency::Linearizable => "linearizable",
+        Consistency::Serializable => "serializable",
+        Consistency::BoundedStaleness => "bounded_staleness",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_summarises_and_merges() {
+        let mut a = LatencyRecorder::new();
+        for ms in 1..=100 {
+            a.record_ok(Duration::from_millis(ms));
+        }
+        let mut b = LatencyRecorder::new();
+        b.record_conflict(Duration::from_secs(120));
+        b.record_error("UNAVAILABLE", "first");
+        b.record_error("UNAVAILABLE", "second");
+        a.merge(&b);
+        let s = a.summary();
+        assert_eq!((a.ops, a.conflicts, s.count), (101, 1, 101));
+        assert!((49.0..=52.0).contains(&s.p50), "{s:?}");
+        assert!((99.0..=101.0).contains(&s.p99), "{s:?}");
+        assert!(s.max >= 59_000.0, "clamped at the histogram max: {s:?}");
+        assert_eq!(a.errors.get("UNAVAILABLE"), Some(&2));
+        assert_eq!(a.error_samples.get("UNAVAILABLE").map(String::as_str), Some("first"));
+    }
+
+    #[test]
+    fn config_validation_rejects_bad_runs() {
+        BenchConfig::default().validate().expect("defaults valid");
+        let cases: Vec<BenchConfig> = vec![
+            BenchConfig { concurrency: 0, ..BenchConfig::default() },
+            BenchConfig { clients: 17, concurrency: 16, ..BenchConfig::default() },
+            BenchConfig { keys: 0, ..BenchConfig::default() },
+            BenchConfig { value_size: MAX_VALUE_BYTES + 1, ..BenchConfig::default() },
+            BenchConfig { max_ops: 0, ..BenchConfig::default() },
+            BenchConfig { consistency: Consistency::BoundedStaleness, ..BenchConfig::default() },
+        ];
+        for c in cases {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn run_stops_at_max_ops_even_when_every_op_fails() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let mut client = ClientConfig::with_endpoints([format!("127.0.0.1:{port}")]);
+        client.retry.max_attempts = 1;
+        client.breaker.enabled = false;
+        let config = BenchConfig {
+            client,
+            concurrency: 2,
+            clients: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(600),
+            max_ops: 10,
+            ..BenchConfig::default()
+        };
+        let report = run_bench(config).await.expect("runs");
+        assert_eq!(report.stopped_by, StopReason::MaxOps);
+        assert_eq!(report.errors, 10);
+        assert_eq!(report.errors_by_code.get("UNAVAILABLE"), Some(&10));
+        assert_eq!(report.ops, 0);
+    }
+}

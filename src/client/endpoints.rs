@@ -1,0 +1,309 @@
+//! The endpoints a client talks to: one lazily connected tonic [`Channel`] per
+//! endpoint (HTTP/2, shared by every call), its circuit breaker, and the routing
+//! state (last known leader, sticky preferred endpoint, round-robin cursor).
+//!
+//! Invariants:
+//! - An address appears at most once, normalised to `host:port`; the set only grows
+//!   (leader hints may add addresses) and never beyond [`MAX_ENDPOINTS`].
+//! - A channel is created on first use (inside the runtime) with
+//!   `Endpoint::connect_lazy`, then reused; tonic reconnects it after failures.
+//! - Locks are std locks held for a few instructions, never across an await.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::breaker::{Breaker, BreakerState};
+use super::config::{ClientConfig, MAX_ENDPOINTS};
+use super::error::ClientError;
+
+/// Longest endpoint address accepted, bytes.
+pub const MAX_ENDPOINT_BYTES: usize = 256;
+
+/// Normalise `host:port` or `http://host:port[/]` to `host:port`; the error says
+/// what is wrong.
+pub fn normalize_endpoint(raw: &str) -> Result<String, String> {
+    let s = raw.trim();
+    if s.len() > MAX_ENDPOINT_BYTES {
+        return Err(format!("longer than {MAX_ENDPOINT_BYTES} bytes"));
+    }
+    if s.starts_with("https://") {
+        return Err("TLS (https://) is not supported by this client yet".into());
+    }
+    let s = s.strip_prefix("http://").unwrap_or(s);
+    let s = s.strip_suffix('/').unwrap_or(s);
+    let (host, port) = s.rsplit_once(':').ok_or("expected host:port (no port given)")?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    if port == 0 {
+        return Err("port must be 1..=65535".into());
+    }
+    let bad_host = host.is_empty()
+        || host.contains(|c: char| c.is_whitespace() || "/?#@".contains(c))
+        || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']')));
+    if bad_host {
+        return Err(format!("bad host {host:?} (IPv6 addresses go in brackets)"));
+    }
+    Ok(format!("{host}:{port}"))
+}
+
+/// A read-only view of one endpoint, for tests and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointInfo {
+    /// `host:port`.
+    pub addr: String,
+    /// Its circuit breaker's state.
+    pub breaker: BreakerState,
+    /// True when this is the last known leader.
+    pub is_leader: bool,
+}
+
+/// One endpoint: address, lazily created channel, breaker.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// `host:port`.
+    pub addr: String,
+    endpoint: Endpoint,
+    channel: OnceLock<Channel>,
+    /// This endpoint's circuit breaker.
+    pub breaker: Breaker,
+}
+
+impl EndpointState {
+    fn new(addr: String, config: &ClientConfig, now: Instant) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError::Config(format!("endpoint {addr}: {e}")))?
+            .user_agent(concat!("meridian-client/", env!("CARGO_PKG_VERSION")))
+            .map_err(|e| ClientError::Config(format!("user agent: {e}")))?
+            .connect_timeout(config.connect_timeout())
+            .http2_keep_alive_interval(config.keepalive_interval())
+            .keep_alive_timeout(config.keepalive_timeout())
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        Ok(Self {
+            addr,
+            endpoint,
+            channel: OnceLock::new(),
+            breaker: Breaker::new(&config.breaker, now),
+        })
+    }
+
+    /// The shared channel, created on first use. Must be called inside a tokio runtime.
+    pub fn channel(&self) -> Channel {
+        self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone()
+    }
+}
+
+/// Which endpoints a call may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Prefer the last known leader, else the sticky preferred endpoint (writes and
+    /// linearizable reads: saves the follower's forwarding hop).
+    Leader,
+    /// Spread over all endpoints round-robin (serializable and bounded reads).
+    Any,
+}
+
+/// All endpoints of one client.
+#[derive(Debug)]
+pub struct EndpointSet {
+    list: RwLock<Vec<Arc<EndpointState>>>,
+    leader: RwLock<Option<Arc<EndpointState>>>,
+    preferred: AtomicUsize,
+    round_robin: AtomicUsize,
+    config: ClientConfig,
+}
+
+impl EndpointSet {
+    /// Endpoints from a validated config.
+    pub fn new(config: &ClientConfig, now: Instant) -> Result<Self, ClientError> {
+        let mut list = Vec::with_capacity(config.endpoints.len());
+        for raw in &config.endpoints {
+            let addr = normalize_endpoint(raw)
+                .map_err(|m| ClientError::Config(format!("endpoint {raw:?}: {m}")))?;
+            list.push(Arc::new(EndpointState::new(addr, config, now)?));
+        }
+        Ok(Self {
+            list: RwLock::new(list),
+            leader: RwLock::new(None),
+            preferred: AtomicUsize::new(0),
+            round_robin: AtomicUsize::new(0),
+            config: config.clone(),
+        })
+    }
+
+    fn all(&self) -> Vec<Arc<EndpointState>> {
+        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The last known leader.
+    pub fn leader(&self) -> Option<Arc<EndpointState>> {
+        self.leader.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_leader(&self, leader: Option<Arc<EndpointState>>) {
+        *self.leader.write().unwrap_or_else(|e| e.into_inner()) = leader;
+    }
+
+    /// The endpoint with this address (normalised), if known.
+    pub fn get(&self, addr: &str) -> Option<Arc<EndpointState>> {
+        let addr = normalize_endpoint(addr).ok()?;
+        self.all().into_iter().find(|e| e.addr == addr)
+    }
+
+    /// The endpoint with this address, added if new and there is room.
+    pub fn get_or_add(&self, raw: &str, now: Instant) -> Option<Arc<EndpointState>> {
+        let addr = normalize_endpoint(raw).ok()?;
+        let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = list.iter().find(|e| e.addr == addr) {
+            return Some(e.clone());
+        }
+        if list.len() >= MAX_ENDPOINTS {
+            return None;
+        }
+        let state = Arc::new(EndpointState::new(addr, &self.config, now).ok()?);
+        list.push(state.clone());
+        Some(state)
+    }
+
+    /// Follow a leader hint: remember it as the leader and return it, unless it is
+    /// unusable (malformed, set full) or is `from` itself (a stale hint).
+    pub fn redirect(&self, hint: &str, from: &str, now: Instant) -> Option<Arc<EndpointState>> {
+        let target = self.get_or_add(hint, now)?;
+        if target.addr == from {
+            return None;
+        }
+        self.set_leader(Some(target.clone()));
+        Some(target)
+    }
+
+    /// Choose the endpoint for the next attempt, preferring endpoints not in `avoid`
+    /// (those that already failed during this call); None when every breaker is open.
+    pub fn pick(&self, route: Route, now: Instant, avoid: &[String]) -> Option<Arc<EndpointState>> {
+        if route == Route::Leader {
+            if let Some(leader) = self.leader().filter(|l| !avoid.contains(&l.addr)) {
+                if leader.breaker.try_acquire(now) {
+                    return Some(leader);
+                }
+            }
+        }
+        let all = self.all();
+        if all.is_empty() {
+            return None;
+        }
+        let start = match route {
+            Route::Leader => self.preferred.load(Ordering::Relaxed),
+            Route::Any => self.round_robin.fetch_add(1, Ordering::Relaxed),
+        };
+        let in_order = || (0..all.len()).map(|i| &all[(start + i) % all.len()]);
+        in_order()
+            .filter(|e| !avoid.contains(&e.addr))
+            .find(|e| e.breaker.try_acquire(now))
+            .or_else(|| {
+                in_order().filter(|e| avoid.contains(&e.addr)).find(|e| e.breaker.try_acquire(now))
+            })
+            .cloned()
+    }
+
+    /// After a failed attempt on `failed`: forget it as leader and move the sticky
+    /// preference past it, so the next attempt tries another endpoint.
+    pub fn rotate_from(&self, failed: &EndpointState) {
+        if self.leader().is_some_and(|l| l.addr == failed.addr) {
+            self.set_leader(None);
+        }
+        let all = self.all();
+        if let Some(i) = all.iter().position(|e| e.addr == failed.addr) {
+            let _ = self.preferred.compare_exchange(
+                i,
+                (i + 1) % all.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A snapshot of every endpoint.
+    pub fn info(&self) -> Vec<EndpointInfo> {
+        let leader = self.leader().map(|l| l.addr.clone());
+        self.all()
+            .iter()
+            .map(|e| EndpointInfo {
+                addr: e.addr.clone(),
+                breaker: e.breaker.state(),
+                is_leader: leader.as_deref() == Some(e.addr.as_str()),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(addrs: &[&str]) -> EndpointSet {
+        let config = ClientConfig::with_endpoints(addrs.iter().copied());
+        EndpointSet::new(&config, Instant::now()).expect("valid endpoints")
+    }
+
+    #[test]
+    fn normalize_accepts_common_forms() {
+        assert_eq!(normalize_endpoint("127.0.0.1:7001").as_deref(), Ok("127.0.0.1:7001"));
+        assert_eq!(normalize_endpoint(" http://node-1:7001/ ").as_deref(), Ok("node-1:7001"));
+        assert_eq!(normalize_endpoint("[::1]:7001").as_deref(), Ok("[::1]:7001"));
+    }
+
+    #[test]
+    fn normalize_rejects_bad_forms() {
+        for bad in ["", "host", "host:", "host:0", "host:70000", ":7001", "::1:7001", "a/b:1"] {
+            assert!(normalize_endpoint(bad).is_err(), "{bad:?} accepted");
+        }
+        let err = normalize_endpoint("https://a:1").expect_err("tls");
+        assert!(err.contains("TLS"), "{err}");
+    }
+
+    #[test]
+    fn leader_route_sticks_to_one_endpoint_and_rotates_on_failure() {
+        let s = set(&["a:1", "b:1", "c:1"]);
+        let now = Instant::now();
+        let first = s.pick(Route::Leader, now, &[]).expect("some");
+        assert_eq!(s.pick(Route::Leader, now, &[]).expect("some").addr, first.addr);
+        s.rotate_from(&first);
+        assert_ne!(s.pick(Route::Leader, now, &[]).expect("some").addr, first.addr);
+    }
+
+    #[test]
+    fn pick_avoids_endpoints_that_failed_in_this_call_while_others_remain() {
+        let s = set(&["a:1", "b:1", "c:1"]);
+        let now = Instant::now();
+        s.redirect("a:1", "", now);
+        let avoid = vec!["a:1".to_string(), "b:1".to_string()];
+        assert_eq!(s.pick(Route::Leader, now, &avoid).expect("some").addr, "c:1");
+        let all: Vec<String> = ["a:1", "b:1", "c:1"].iter().map(|a| a.to_string()).collect();
+        assert!(s.pick(Route::Leader, now, &all).is_some(), "falls back when all failed");
+    }
+
+    #[test]
+    fn any_route_spreads_round_robin() {
+        let s = set(&["a:1", "b:1", "c:1"]);
+        let now = Instant::now();
+        let picked: Vec<String> =
+            (0..3).map(|_| s.pick(Route::Any, now, &[]).expect("some").addr.clone()).collect();
+        assert_eq!(picked, vec!["a:1", "b:1", "c:1"]);
+    }
+
+    #[test]
+    fn redirect_adds_new_leader_and_ignores_self_hint() {
+        let s = set(&["a:1", "b:1"]);
+        let now = Instant::now();
+        assert!(s.redirect("a:1", "a:1", now).is_none(), "stale self hint");
+        let leader = s.redirect("http://d:1", "a:1", now).expect("added");
+        assert_eq!(leader.addr, "d:1");
+        assert_eq!(s.pick(Route::Leader, now, &[]).expect("some").addr, "d:1");
+        assert_eq!(s.info().len(), 3);
+        assert!(s.info().iter().any(|e| e.addr == "d:1" && e.is_leader));
+        s.rotate_from(&leader);
+        assert!(s.leader().is_none(), "a failed leader is forgotten");
+    }
+}
