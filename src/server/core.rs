@@ -47,6 +47,8 @@ pub struct NodeCore {
     pub clock: std::sync::Arc<SystemClock>,
     /// Key and value limits.
     pub limits: Limits,
+    /// Whether the data dir held Raft state when the node started (a restart).
+    pub had_state: bool,
     /// Last contact with an accepted leader (followers).
     pub contact: std::sync::Arc<crate::raft::service::LeaderContact>,
 }
@@ -56,12 +58,12 @@ impl NodeCore {
     pub fn ensure_initialized(&self) -> Result<(), Error> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        if m.membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_none()
-        {
+        if m.membership_config.membership().voter_ids().next().is_none() {
+            if self.had_state {
+                // A restarted node briefly reports no membership while Raft loads its
+                // state: that is transient, not "never initialised".
+                return Err(Error::Unavailable(format!("node {} is still loading its state", self.id)));
+            }
             return Err(Error::NotInitialized(format!(
                 "node {} has no cluster membership yet; run `meridian cluster up` or call Cluster.Initialize",
                 self.id

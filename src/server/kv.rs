@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tonic_types::StatusExt;
 use tracing::Instrument;
 
 use super::core::NodeCore;
@@ -175,6 +176,17 @@ impl KvService {
         match tokio::time::timeout(left, f(client, r)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(mut s)) => {
+                // A status without our ErrorInfo did not come from the leader's handler
+                // but from the transport (connection reset mid-call, h2 error): the
+                // outcome is unknown, which is UNAVAILABLE, never INTERNAL.
+                if s.get_details_error_info().is_none()
+                    && matches!(s.code(), tonic::Code::Internal | tonic::Code::Unknown)
+                {
+                    s = Status::unavailable(format!(
+                        "forwarding to the leader at {addr} failed: {}",
+                        s.message()
+                    ));
+                }
                 if s.code() == tonic::Code::Unavailable
                     && s.metadata().get(LEADER_METADATA).is_none()
                 {

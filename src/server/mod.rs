@@ -81,7 +81,11 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         cfg.max_clock_offset(),
         Timestamp::ZERO,
     );
-    let log_store = LogStore::open(&store)?;
+    let mut log_store = LogStore::open(&store)?;
+    let had_state = {
+        use openraft::storage::RaftLogStorage;
+        log_store.get_log_state().await.map_err(|e| StartError::Raft(e.to_string()))?.last_log_id.is_some()
+    };
     let dedup = DedupLimits {
         window_ns: cfg.dedup_window_secs.saturating_mul(1_000_000_000),
         max_entries: cfg.dedup_max_entries,
@@ -112,6 +116,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         hlc,
         clock,
         limits,
+        had_state,
         contact,
     };
     Ok((Arc::new(core), raft, store))
