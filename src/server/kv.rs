@@ -25,7 +25,7 @@ use super::validate;
 use crate::error::Error;
 use crate::pb::v1 as pb;
 use crate::pb::v1::kv_client::KvClient;
-use crate::record::Outcome;
+use crate::record::{ApplyResult, Outcome};
 use crate::storage::state_machine::AppliedPoint;
 
 /// Metadata marking a request forwarded by another node (value: that node's id).
@@ -96,10 +96,7 @@ pub struct KvService {
 impl KvService {
     /// A Kv service over `core`.
     pub fn new(core: Arc<NodeCore>) -> Self {
-        Self {
-            core,
-            leaders: Mutex::default(),
-        }
+        Self { core, leaders: Mutex::default() }
     }
 
     fn leader_client(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
@@ -196,9 +193,9 @@ impl KvService {
                 }
                 Err(s)
             }
-            Err(_) => Err(Status::deadline_exceeded(
-                "forwarded request not answered before the deadline",
-            )),
+            Err(_) => {
+                Err(Status::deadline_exceeded("forwarded request not answered before the deadline"))
+            }
         }
     }
 }
@@ -240,9 +237,7 @@ async fn range(
     let scan = validate::range(&core.limits, &r)?;
     let c = validate::consistency(r.consistency, r.max_staleness_ms)?;
     core.read_barrier(c, ctx.deadline).await?;
-    let mut records = core
-        .reader
-        .range(&scan.start, scan.end.as_deref(), scan.limit + 1)?;
+    let mut records = core.reader.range(&scan.start, scan.end.as_deref(), scan.limit + 1)?;
     let point = core.reader.applied()?;
     let next_page_token = if records.len() > scan.limit {
         records.pop().map(|r| r.key).unwrap_or_default()
@@ -256,22 +251,26 @@ async fn range(
     })
 }
 
-async fn put(
-    core: Arc<NodeCore>,
-    ctx: RequestCtx,
-    r: pb::PutRequest,
-) -> Result<pb::PutResponse, Error> {
-    let op = validate::put(&core.limits, &r)?;
-    let res = core
-        .propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline)
-        .await?;
-    match res.outcome {
-        Outcome::Put {
-            succeeded,
-            record,
-            current,
-        } => Ok(pb::PutResponse {
-            header: header(&core, res.revision, res.hlc),
+/// The fields Put and Delete responses share.
+struct SingleKeyReply {
+    header: Option<pb::ResponseHeader>,
+    succeeded: bool,
+    record: Option<pb::Record>,
+    current: Option<pb::Record>,
+    duplicate: bool,
+}
+
+/// Unpack the outcome of a single-key write; `is_put` says which kind was proposed
+/// (a replayed response of another kind means the request id was reused).
+fn single_key_reply(
+    core: &NodeCore,
+    res: ApplyResult,
+    is_put: bool,
+) -> Result<SingleKeyReply, Error> {
+    match (res.outcome, is_put) {
+        (Outcome::Put { succeeded, record, current }, true)
+        | (Outcome::Delete { succeeded, record, current }, false) => Ok(SingleKeyReply {
+            header: header(core, res.revision, res.hlc),
             succeeded,
             record: record.map(Into::into),
             current: current.map(Into::into),
@@ -279,6 +278,23 @@ async fn put(
         }),
         _ => Err(reused_id()),
     }
+}
+
+async fn put(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::PutRequest,
+) -> Result<pb::PutResponse, Error> {
+    let op = validate::put(&core.limits, &r)?;
+    let res = core.propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline).await?;
+    let w = single_key_reply(&core, res, true)?;
+    Ok(pb::PutResponse {
+        header: w.header,
+        succeeded: w.succeeded,
+        record: w.record,
+        current: w.current,
+        duplicate: w.duplicate,
+    })
 }
 
 async fn delete(
@@ -287,23 +303,15 @@ async fn delete(
     r: pb::DeleteRequest,
 ) -> Result<pb::DeleteResponse, Error> {
     let op = validate::delete(&core.limits, &r)?;
-    let res = core
-        .propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline)
-        .await?;
-    match res.outcome {
-        Outcome::Delete {
-            succeeded,
-            record,
-            current,
-        } => Ok(pb::DeleteResponse {
-            header: header(&core, res.revision, res.hlc),
-            succeeded,
-            record: record.map(Into::into),
-            current: current.map(Into::into),
-            duplicate: res.duplicate,
-        }),
-        _ => Err(reused_id()),
-    }
+    let res = core.propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline).await?;
+    let w = single_key_reply(&core, res, false)?;
+    Ok(pb::DeleteResponse {
+        header: w.header,
+        succeeded: w.succeeded,
+        record: w.record,
+        current: w.current,
+        duplicate: w.duplicate,
+    })
 }
 
 async fn txn(
@@ -312,19 +320,14 @@ async fn txn(
     r: pb::TxnRequest,
 ) -> Result<pb::TxnResponse, Error> {
     let op = validate::txn(&core.limits, &r)?;
-    let res = core
-        .propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline)
-        .await?;
+    let res = core.propose(op, r.request_id, r.saga_id, ctx.trace_id, ctx.deadline).await?;
     match res.outcome {
         Outcome::Txn { succeeded, results } => Ok(pb::TxnResponse {
             header: header(&core, res.revision, res.hlc),
             succeeded,
             results: results
                 .into_iter()
-                .map(|r| pb::TxnOpResult {
-                    found: r.is_some(),
-                    record: r.map(Into::into),
-                })
+                .map(|r| pb::TxnOpResult { found: r.is_some(), record: r.map(Into::into) })
                 .collect(),
             duplicate: res.duplicate,
         }),
@@ -335,34 +338,29 @@ async fn txn(
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.run(req, get, |mut c, r| async move { c.get(r).await })
-            .await
+        self.run(req, get, |mut c, r| async move { c.get(r).await }).await
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.run(req, put, |mut c, r| async move { c.put(r).await })
-            .await
+        self.run(req, put, |mut c, r| async move { c.put(r).await }).await
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.run(req, delete, |mut c, r| async move { c.delete(r).await })
-            .await
+        self.run(req, delete, |mut c, r| async move { c.delete(r).await }).await
     }
 
     async fn range(
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        self.run(req, range, |mut c, r| async move { c.range(r).await })
-            .await
+        self.run(req, range, |mut c, r| async move { c.range(r).await }).await
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        self.run(req, txn, |mut c, r| async move { c.txn(r).await })
-            .await
+        self.run(req, txn, |mut c, r| async move { c.txn(r).await }).await
     }
 }
 
