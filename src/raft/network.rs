@@ -100,6 +100,35 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Ask the leader (`leader` at Raft address `addr`) for a read index: the log id a
+    /// follower must apply before serving a linearizable read locally.
+    pub async fn remote_read_index(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<crate::storage::types::LogId, String> {
+        let addr = self.inner.routes.get(&leader).map_or(addr, String::as_str).to_string();
+        let channel = self.channel(&addr).map_err(|e| format!("bad raft address {addr:?}: {e}"))?;
+        let payload = postcard::to_stdvec(&()).map_err(|e| e.to_string())?;
+        let msg = pb::RaftRequest {
+            cluster_name: self.inner.cluster_name.clone(),
+            target: leader,
+            payload,
+            hlc: Some(self.inner.hlc.now().into()),
+        };
+        let mut request = tonic::Request::new(msg);
+        request.set_timeout(timeout);
+        let mut client = RaftClient::new(channel);
+        let reply = tokio::time::timeout(timeout, client.read_index(request))
+            .await
+            .map_err(|_| format!("read index from node {leader} timed out"))?
+            .map_err(|s| format!("read index from node {leader}: {}: {}", s.code(), s.message()))?;
+        postcard::from_bytes(&reply.into_inner().payload).map_err(|e| format!("decode read index: {e}"))
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 

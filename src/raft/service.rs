@@ -153,6 +153,21 @@ impl pb::raft_server::Raft for RaftService {
         reply(&resp)
     }
 
+    async fn read_index(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let () = self.decode(req)?;
+        use openraft::error::{LinearizableReadError, RaftError};
+        match self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex).await {
+            Ok(lin) => reply(lin.read_log_id().log_id()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(Status::failed_precondition("not the leader"))
+            }
+            Err(e) => Err(Status::unavailable(format!("read index: {e}"))),
+        }
+    }
+
     async fn transfer_leader(
         &self,
         req: Request<pb::RaftRequest>,

@@ -49,6 +49,8 @@ pub struct NodeCore {
     pub limits: Limits,
     /// Whether the data dir held Raft state when the node started (a restart).
     pub had_state: bool,
+    /// The Raft transport (for follower read-index requests to the leader).
+    pub network: crate::raft::network::Network,
     /// Last contact with an accepted leader (followers).
     pub contact: std::sync::Arc<crate::raft::service::LeaderContact>,
 }
@@ -167,41 +169,64 @@ impl NodeCore {
     }
 
     /// Wait until a read at `consistency` may be served from the local state machine.
-    pub async fn read_barrier(
-        &self,
-        consistency: Consistency,
-        deadline: Instant,
-    ) -> Result<(), Error> {
+    ///
+    /// On the leader: a read index from a heartbeat round, then wait for it to apply.
+    /// On a follower: the same read index obtained from the leader over the Raft
+    /// transport, then wait until this node has applied it (a follower read: the data
+    /// is served locally, only the index crosses the network). If the leader cannot be
+    /// asked, the caller gets NotLeader and forwards the whole read instead.
+    pub async fn read_barrier(&self, consistency: Consistency, deadline: Instant) -> Result<(), Error> {
         self.ensure_initialized()?;
         if consistency == Consistency::Serializable || self.config.unsafe_stale_reads {
             return Ok(());
         }
-        let lin = tokio::time::timeout_at(
-            deadline,
-            self.raft
-                .get_read_linearizer(openraft::ReadPolicy::ReadIndex),
-        )
-        .await
-        .map_err(|_| Error::Timeout("could not confirm leadership before the deadline".into()))?;
-        let lin = match lin {
+        let local = tokio::time::timeout_at(deadline, self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex))
+            .await
+            .map_err(|_| Error::Timeout("could not confirm leadership before the deadline".into()))?;
+        let lin = match local {
             Ok(l) => l,
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                return Err(self.not_leader(f.leader_id))
+                self.follower_read_index(f.leader_id, deadline).await?
             }
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
                 return Err(Error::Unavailable(format!("no quorum: {q}")))
             }
-            Err(RaftError::Fatal(f)) => {
-                return Err(Error::Unavailable(format!("raft stopped: {f}")))
-            }
+            Err(RaftError::Fatal(f)) => return Err(Error::Unavailable(format!("raft stopped: {f}"))),
         };
         let left = deadline.saturating_duration_since(Instant::now());
         match lin.try_await_ready(&self.raft, Some(left)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Error::Timeout(
-                "state machine did not reach the read index before the deadline".into(),
-            )),
+            Ok(Err(_)) => Err(Error::Timeout("state machine did not reach the read index before the deadline".into())),
             Err(f) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+
+    /// Ask the leader for a read index on behalf of this follower.
+    async fn follower_read_index(
+        &self,
+        leader_hint: Option<u64>,
+        deadline: Instant,
+    ) -> Result<openraft::raft::linearizable_read::Linearizer<crate::raft::TypeConfig>, Error> {
+        let (known, _) = self.leader();
+        let Some(leader) = leader_hint.or(known).filter(|l| *l != self.id) else {
+            return Err(self.not_leader(leader_hint));
+        };
+        let raft_addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config.membership().get_node(&leader).map(|n| n.raft_addr.clone())
+        };
+        let Some(raft_addr) = raft_addr else { return Err(self.not_leader(Some(leader))) };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.network.remote_read_index(leader, &raft_addr, left).await {
+            Ok(log_id) => {
+                let read = openraft::raft::linearizable_read::ReadLogId::from_log_id(log_id);
+                Ok(openraft::raft::linearizable_read::Linearizer::new(self.id, read, None))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, leader, "follower read index failed; forwarding the read");
+                Err(self.not_leader(Some(leader)))
+            }
         }
     }
 }

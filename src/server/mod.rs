@@ -100,7 +100,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         routes,
     );
     let rcfg = openraft_config(&cfg).map_err(|e| StartError::Raft(e.to_string()))?;
-    let raft = MeridianRaft::new(cfg.id, rcfg, network, log_store, sm)
+    let raft = MeridianRaft::new(cfg.id, rcfg, network.clone(), log_store, sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
     let limits = Limits {
@@ -118,6 +118,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         limits,
         had_state,
         contact,
+        network,
     };
     Ok((Arc::new(core), raft, store))
 }
