@@ -126,22 +126,18 @@ pub fn init_tracing(format: &str) {
     };
 }
 
-async fn shutdown_signal() {
+/// Install SIGINT/SIGTERM handlers now (so a signal during start-up is not lost or
+/// fatal) and return a future that resolves on the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut i), Ok(mut t)) => {
-            tokio::select! {
-                _ = i.recv() => {}
-                _ = t.recv() => {}
-            }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 /// Run a node until SIGINT/SIGTERM.
@@ -157,6 +153,7 @@ pub fn run(args: NodeArgs) -> CliResult {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let shutdown = shutdown_signal()?;
         let api = tokio::net::TcpListener::bind(cfg.api_addr)
             .await
             .map_err(|e| {
@@ -173,7 +170,7 @@ pub fn run(args: NodeArgs) -> CliResult {
                     cfg.raft_addr
                 ))
             })?;
-        crate::server::run_node(cfg, api, raft, shutdown_signal())
+        crate::server::run_node(cfg, api, raft, shutdown)
             .await
             .map_err(|e| {
                 if e.is_bad_input() {
