@@ -26,7 +26,7 @@ fn entries(start: u64, with_request_ids: bool) -> Vec<Entry> {
                 source: Source { node_id: 1, region: "bench".into() },
                 op: Op::Put { key: format!("key-{}", i % 10_000).into_bytes(), value: vec![7u8; 100], expected_version: None },
             };
-            Entry { log_id: LogId::new(LeaderId::new(1, 1), i), payload: EntryPayload::Normal(cmd) }
+            Entry { log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, i), payload: EntryPayload::Normal(cmd) }
         })
         .collect()
 }

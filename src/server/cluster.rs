@@ -94,6 +94,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             purged_index: m.purged.map_or(0, |l| l.index),
             api_addr: core.config.advertised_api_addr(),
             version: crate::VERSION.to_string(),
+            dedup_hits: core.dedup_stats.hits.load(std::sync::atomic::Ordering::Relaxed),
+            dedup_expired: core.dedup_stats.expired.load(std::sync::atomic::Ordering::Relaxed),
+            dedup_evicted: core.dedup_stats.evicted.load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

@@ -49,6 +49,8 @@ pub struct NodeCore {
     pub limits: Limits,
     /// Whether the data dir held Raft state when the node started (a restart).
     pub had_state: bool,
+    /// Counters of the exactly-once table.
+    pub dedup_stats: std::sync::Arc<crate::storage::state_machine::DedupStats>,
     /// The Raft transport (for follower read-index requests to the leader).
     pub network: crate::raft::network::Network,
     /// Last contact with an accepted leader (followers).

@@ -35,7 +35,11 @@ pub fn is_serving(core: &NodeCore) -> bool {
     match m.state {
         ServerState::Leader => {
             let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
-            m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < fresh) && applied >= committed
+            // A sole voter is its own quorum; openraft refreshes no ack time for it.
+            let mut voters = m.membership_config.membership().voter_ids();
+            let alone = voters.next() == Some(core.id) && voters.next().is_none();
+            let acked = alone || m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < fresh);
+            acked && applied >= committed
         }
         ServerState::Follower | ServerState::Learner => core
             .contact

@@ -92,6 +92,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
     };
     let sm = StateMachine::open(&store, hlc.clone(), dedup)?;
     let reader = sm.reader();
+    let dedup_stats = sm.dedup_stats();
     let routes = cfg.routes.iter().filter_map(|r| Some((r.id, r.raft_addr.clone()?))).collect();
     let network = Network::new(
         cfg.cluster_name.clone(),
@@ -119,6 +120,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         had_state,
         contact,
         network,
+        dedup_stats,
     };
     Ok((Arc::new(core), raft, store))
 }
@@ -185,6 +187,11 @@ pub async fn run_node(
             stopped(stop_rx.clone()),
         );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts "" as SERVING; nothing is known yet, so say NOT_SERVING until
+    // the health task has evaluated the node.
+    for service in ["", "meridian.v1.Kv"] {
+        health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
+    }
     // Reflection in both versions: v1 for current tools, v1alpha for older clients
     // (grpcurl before 1.9, Python's grpcio-reflection).
     let reflection_builder = || {

@@ -568,3 +568,89 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::stream;
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::storage::RaftStateMachine;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::hlc::{ManualClock, DEFAULT_MAX_CLOCK_OFFSET};
+    use crate::record::{Command, Op, Source};
+
+    fn entry(index: u64, wall_ns: u64, request_id: &str, key: &str) -> Entry {
+        let cmd = Command {
+            request_id: request_id.to_string(),
+            saga_id: String::new(),
+            trace_id: String::new(),
+            hlc: Timestamp { wall_ns, logical: 0, node: 1 },
+            source: Source { node_id: 1, region: "r".into() },
+            op: Op::Put { key: key.into(), value: b"v".to_vec(), expected_version: None },
+        };
+        Entry { log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index), payload: EntryPayload::Normal(cmd) }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        sm: StateMachine,
+        next: u64,
+    }
+
+    impl Fixture {
+        fn new(limits: DedupLimits) -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path(), "t", 1).expect("store");
+            let hlc = Hlc::new(1, Arc::new(ManualClock::new(0)), DEFAULT_MAX_CLOCK_OFFSET, Timestamp::ZERO);
+            let sm = StateMachine::open(&store, hlc, limits).expect("sm");
+            Self { _dir: dir, sm, next: 1 }
+        }
+
+        /// Apply a put of `key` with `request_id` at HLC wall time `wall_ns`.
+        async fn put(&mut self, wall_ns: u64, request_id: &str, key: &str) {
+            let e = entry(self.next, wall_ns, request_id, key);
+            self.next += 1;
+            self.sm.apply(stream::iter([Ok((e, None))])).await.expect("apply");
+        }
+
+        fn version(&self, key: &str) -> u64 {
+            self.sm.reader().get(key.as_bytes()).expect("get").map_or(0, |r| r.version)
+        }
+    }
+
+    #[tokio::test]
+    async fn retried_request_id_is_applied_once() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000, max_entries: 10 });
+        f.put(100, "a", "k").await;
+        f.put(101, "a", "k").await;
+        assert_eq!(f.version("k"), 1, "the retry must not apply again");
+        assert_eq!(f.sm.dedup_stats().hits.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn ids_older_than_the_window_are_forgotten() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000, max_entries: 10 });
+        f.put(100, "a", "k").await;
+        // Far past the window: applying any id expires "a".
+        f.put(5_000, "b", "other").await;
+        f.put(5_001, "a", "k").await;
+        assert_eq!(f.version("k"), 2, "an expired id is a new request");
+        assert!(f.sm.dedup_stats().expired.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_table_evicts_the_oldest_ids_first() {
+        let mut f = Fixture::new(DedupLimits { window_ns: u64::MAX / 2, max_entries: 3 });
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            f.put(100 + i as u64, id, id).await;
+        }
+        assert_eq!(f.sm.dedup_stats().evicted.load(Ordering::Relaxed), 1);
+        f.put(200, "d", "d").await;
+        assert_eq!(f.version("d"), 1, "a remembered id is still deduplicated");
+        f.put(201, "a", "a").await;
+        assert_eq!(f.version("a"), 2, "the evicted oldest id is applied again");
+    }
+}
