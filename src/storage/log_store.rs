@@ -81,13 +81,9 @@ impl LogStore {
         std::thread::Builder::new()
             .name("meridian-flusher".into())
             .spawn(move || flusher_loop(s, flush_rx, st))?;
-        Ok(Self {
-            store: store.clone(),
-            log,
-            meta,
-            flush_tx,
-            stats,
-        })
+        let this = Self { store: store.clone(), log, meta, flush_tx, stats };
+        this.drop_purged_leftovers()?;
+        Ok(this)
     }
 
     /// Flusher statistics.
@@ -100,6 +96,25 @@ impl LogStore {
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
         self.meta.get(key)?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Remove entries at or below the persisted purge point that a crash between
+    /// syncing the purge marker and the deletions left behind.
+    fn drop_purged_leftovers(&self) -> Result<(), StorageError> {
+        let Some(purged) = self.last_purged()? else { return Ok(()) };
+        let mut batch = sled::Batch::default();
+        let mut n = 0u64;
+        for kv in self.log.range(..=index_key(purged.index)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+            n += 1;
+        }
+        if n > 0 {
+            self.log.apply_batch(batch)?;
+            self.store.sync()?;
+            tracing::info!(entries = n, purged = %purged, "dropped log entries left over by an interrupted purge");
+        }
+        Ok(())
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -195,6 +210,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
             None => None,
         };
+        // Entries at or below the purge point are garbage a crash left behind (the
+        // purge marker is synced before the deletions): they never count as the log end.
+        let last = last.filter(|l| last_purged_log_id.as_ref().is_none_or(|p| l.index > p.index));
         let last_log_id = last.or_else(|| last_purged_log_id.clone());
         Ok(LogState {
             last_purged_log_id,
@@ -286,5 +304,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(StorageError::from)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::EntryPayload;
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(LeaderId { term: 1, node_id: 1 }, index)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_left_below_an_interrupted_purge_do_not_end_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "t", 1).expect("store");
+        let mut log = LogStore::open(&store).expect("log");
+        let entries: Vec<Entry> =
+            (1..=5).map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank }).collect();
+        log.append(entries, IOFlushed::noop()).await.expect("append");
+        // A crash after the purge marker (beyond the log end, as after a snapshot
+        // install) was synced but before the deletions reached disk.
+        log.meta.insert(PURGED_KEY, encode(&Some(log_id(9))).expect("encode")).expect("insert");
+        store.sync().expect("sync");
+        drop(log);
+        let mut log = LogStore::open(&store).expect("reopen");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(9)));
+        assert_eq!(state.last_log_id, Some(log_id(9)), "leftovers must not end the log");
+        assert!(log.log.is_empty(), "leftover entries are dropped on open");
     }
 }
