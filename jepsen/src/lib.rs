@@ -1,8 +1,9 @@
-//! meridian-jepsen: a standalone linearizability checker for key-value histories.
+//! meridian-jepsen: a linearizability checker for key-value histories, and the harness
+//! that runs Meridian clusters under faults and checks every history ([`harness`]).
 //!
-//! It checks any history of registers (read / write / compare-and-set, one register per
-//! key), whether recorded by Meridian's harness or by Jepsen / Knossos, and does not depend
-//! on the `meridian` crate.
+//! The checker checks any history of registers (read / write / compare-and-set, one
+//! register per key), whether recorded by Meridian's harness or by Jepsen / Knossos; its
+//! modules do not depend on the `meridian` crate (only [`harness`] does).
 //!
 //! Layers, each depending only on those above it:
 //!
@@ -15,6 +16,7 @@
 //! | [`check`] | per-key partitioning, parallel search, budget, failure analysis |
 //! | [`report`](mod@report) | results as JSON and as a self-contained HTML timeline |
 //! | [`generate`] | synthetic histories with a known verdict (tests, benchmarks) |
+//! | [`harness`] | workloads, nemeses, runs against real node processes, reports |
 //!
 //! Everything here is synchronous and pure except [`check`], which runs keys on scoped
 //! threads and reads the clock for its deadline. The binary (`src/main.rs`) only parses
@@ -40,6 +42,7 @@
 pub mod check;
 pub mod format;
 pub mod generate;
+pub mod harness;
 pub mod history;
 pub mod model;
 pub mod report;

@@ -6,6 +6,12 @@
 //! `meridian-jepsen generate [--ops N] [--keys K] [--processes P] [--violation stale-read]
 //! [--format jsonl|edn]` prints a synthetic history (see `meridian_jepsen::generate`).
 //!
+//! `meridian-jepsen test --workload register|bank --nemesis kill,pause,partition,clock
+//! --time-limit 60 --concurrency 10 --rate 200 --seed N [...]` starts a fresh cluster,
+//! runs the workload under the seeded nemesis schedule, checks the history and writes
+//! `store/<test>/<timestamp>/` (see `meridian_jepsen::harness`). Exit codes as for
+//! `check`: 0 valid, 1 not valid, 3 unknown, 2 the run could not be carried out.
+//!
 //! Prints a one-line summary on stderr and the JSON report on stdout. Exit codes (stable,
 //! for scripts and CI): 0 linearizable, 1 not linearizable, 2 bad input (unreadable or
 //! malformed file, unknown model, an operation the model lacks; nothing else is printed on
@@ -19,6 +25,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use meridian_jepsen::generate::{GenConfig, Violation};
+use meridian_jepsen::harness::{
+    self, FaultKind, PartitionMode, TestConfig, Validity, WorkloadKind, MERIDIAN_BIN_ENV,
+};
 use meridian_jepsen::{
     check_history, parse_history, render_html, render_json, write_edn, write_jsonl, Budget, Format,
     ModelKind, Verdict,
@@ -50,6 +59,95 @@ enum Command {
     Check(CheckArgs),
     /// Print a synthetic cas-register history (linearizable unless --violation is given).
     Generate(GenerateArgs),
+    /// Run a Meridian cluster under faults, record and check the history.
+    Test(Box<TestArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WorkloadArg {
+    /// Per-key read/write/cas registers, checked for linearizability per key.
+    Register,
+    /// Multi-key Txn transfers; the total never changes, no balance goes negative.
+    Bank,
+}
+
+/// Seconds as a bare number (`60`) or a humantime duration (`90s`, `2m`).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string()),
+    }
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  meridian-jepsen test --workload register --nemesis kill,pause,partition,clock \\\n    \
+    --time-limit 60 --concurrency 10 --rate 200 --seed 1"
+)]
+struct TestArgs {
+    /// The workload.
+    #[arg(long, value_enum, default_value = "register")]
+    workload: WorkloadArg,
+    /// Faults, comma separated: kill, pause, partition, latency, clock, membership; or all / none.
+    #[arg(long, default_value = "none")]
+    nemesis: String,
+    /// Partition shapes: isolate-leader, isolate-follower, halves, majority-ring, bridge; or all.
+    #[arg(long, default_value = "all")]
+    partitions: String,
+    /// How long clients run (seconds, or e.g. 90s, 2m).
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    time_limit: Duration,
+    /// Concurrent client workers.
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Target rate over all workers, operations per second.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Seed of the schedule and the operations (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Per-operation timeout (a write that times out is recorded as info).
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    op_timeout: Duration,
+    /// Mean nemesis interval: faults last [i, 2i], gaps [i/2, i].
+    #[arg(long, default_value = "5s", value_parser = parse_seconds)]
+    nemesis_interval: Duration,
+    /// Register: keys in use at once.
+    #[arg(long, default_value_t = 8)]
+    keys: usize,
+    /// Register: operations per key before it is replaced by a fresh key.
+    #[arg(long, default_value_t = 400)]
+    ops_per_key: usize,
+    /// Bank: accounts.
+    #[arg(long, default_value_t = 5)]
+    accounts: usize,
+    /// Bank: initial balance of each account.
+    #[arg(long, default_value_t = 100)]
+    balance: i64,
+    /// Bank: largest transfer.
+    #[arg(long, default_value_t = 5)]
+    max_transfer: i64,
+    /// Start every node with --unsafe-stale-reads (the harness must then catch stale reads).
+    #[arg(long)]
+    unsafe_stale_reads: bool,
+    /// The meridian binary (default: $MERIDIAN_BIN, else next to this executable).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Store root.
+    #[arg(long, default_value = "store")]
+    store: PathBuf,
+    /// Budget of the check.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    check_timeout: Duration,
+    /// Test name (default <workload>-<nemeses>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Print the nemesis schedule as JSON and exit without running anything.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -139,6 +237,15 @@ fn main() -> ExitCode {
             print!("{}", generate(&args));
             return ExitCode::from(EXIT_LINEARIZABLE);
         }
+        Command::Test(args) => {
+            return match test(*args) {
+                Ok(code) => ExitCode::from(code),
+                Err(err) => {
+                    eprintln!("meridian-jepsen: {err:#}");
+                    ExitCode::from(EXIT_BAD_INPUT)
+                }
+            }
+        }
     };
     match run(&args) {
         Ok(Outcome::Verdict(verdict)) => ExitCode::from(match verdict {
@@ -151,6 +258,77 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_BAD_INPUT)
         }
     }
+}
+
+fn test_config(args: TestArgs) -> anyhow::Result<TestConfig> {
+    let workload = match args.workload {
+        WorkloadArg::Register => WorkloadKind::Register,
+        WorkloadArg::Bank => WorkloadKind::Bank,
+    };
+    let binary = if args.dry_run {
+        args.binary.clone().unwrap_or_else(|| PathBuf::from("meridian"))
+    } else {
+        harness::locate_meridian(args.binary.as_deref())?
+    };
+    let mut c = TestConfig::new(workload, binary);
+    c.name = args.name.unwrap_or_default();
+    c.nemeses = FaultKind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    c.partitions = PartitionMode::parse_list(&args.partitions).map_err(anyhow::Error::msg)?;
+    c.time_limit = args.time_limit;
+    c.concurrency = args.concurrency;
+    c.rate = args.rate;
+    c.seed = args.seed.unwrap_or_else(rand::random);
+    c.nodes = args.nodes;
+    c.op_timeout = args.op_timeout;
+    c.nemesis_interval = args.nemesis_interval;
+    c.keys = args.keys;
+    c.ops_per_key = args.ops_per_key;
+    c.accounts = args.accounts;
+    c.initial_balance = args.balance;
+    c.max_transfer = args.max_transfer;
+    c.unsafe_stale_reads = args.unsafe_stale_reads;
+    c.store = args.store;
+    c.check_timeout = args.check_timeout;
+    c.validate()?;
+    Ok(c)
+}
+
+fn test(args: TestArgs) -> anyhow::Result<u8> {
+    let dry_run = args.dry_run;
+    let config = test_config(args)?;
+    if dry_run {
+        let schedule = harness::runner::planned_schedule(&config);
+        println!("{}", serde_json::to_string_pretty(&schedule)?);
+        return Ok(EXIT_LINEARIZABLE);
+    }
+    eprintln!(
+        "[jepsen] seed {} (rerun with --seed {} for the same schedule); binary {} ({MERIDIAN_BIN_ENV})",
+        config.seed,
+        config.seed,
+        config.binary.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let outcome = runtime.block_on(async {
+        // On SIGINT / SIGTERM the run is abandoned; leaving this block drops the
+        // runtime, its tasks and with them the cluster, whose nodes are then killed.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install a SIGTERM handler")?;
+        tokio::select! {
+            outcome = harness::run_test(config) => Ok(outcome?),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (SIGINT): run abandoned")),
+            _ = sigterm.recv() => Err(anyhow::anyhow!("terminated (SIGTERM): run abandoned")),
+        }
+    })?;
+    println!("{}", outcome.summary);
+    Ok(match outcome.validity {
+        Validity::Valid => EXIT_LINEARIZABLE,
+        Validity::Invalid => EXIT_NOT_LINEARIZABLE,
+        Validity::Unknown => EXIT_UNKNOWN,
+    })
 }
 
 fn generate(args: &GenerateArgs) -> String {

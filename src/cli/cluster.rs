@@ -11,6 +11,11 @@
 //!   if any node is down.
 //! - `down [--data-dir DIR]` stops the nodes recorded in cluster.json (each pid is
 //!   checked to still be that `meridian node` before it is signalled).
+//! - `fault [--data-dir DIR | --control ADDR] list|heal|reset|partition 1,2/3|isolate N|
+//!   cut FROM TO|latency MS [--jitter MS] [--node N]` drives the fault proxy of a
+//!   cluster started from a manifest with `[network] proxy = true`: `up` then serves a
+//!   control endpoint on 127.0.0.1 (see `crate::cluster::control`) and records its
+//!   address in cluster.json.
 //!
 //! Exit codes: 2 for a bad manifest or usage, 1 for operational failures.
 
@@ -20,6 +25,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{CliError, CliResult};
+use crate::cluster::control::{self, ControlRequest, ControlResponse};
 use crate::cluster::manifest::{Manifest, DEFAULT_MANIFEST_ORIGIN};
 use crate::cluster::process::{self, describe_exit, LaunchOptions, LocalCluster, LogTarget};
 use crate::cluster::state::{self, ClusterState, NodeState, StopOutcome};
@@ -40,6 +46,98 @@ pub enum ClusterCommand {
     Status(StatusArgs),
     /// Stop a cluster started by `cluster up` (from its cluster.json).
     Down(DownArgs),
+    /// Inject network faults into a proxied cluster (manifest `[network] proxy = true`).
+    Fault(FaultArgs),
+}
+
+/// Arguments of `meridian cluster fault`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  meridian cluster fault list\n  \
+    meridian cluster fault partition 1/2,3\n  meridian cluster fault isolate 2\n  \
+    meridian cluster fault latency 100 --jitter 20\n  meridian cluster fault heal")]
+pub struct FaultArgs {
+    /// Data root holding cluster.json (default ./data).
+    #[arg(long, conflicts_with = "control")]
+    pub data_dir: Option<PathBuf>,
+    /// The control endpoint (host:port) instead of the one in cluster.json.
+    #[arg(long)]
+    pub control: Option<std::net::SocketAddr>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: FaultAction,
+}
+
+/// A fault-proxy action.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum FaultAction {
+    /// Show every link: name, addresses, latency, blackhole, open connections.
+    List,
+    /// Remove every fault of every link.
+    Heal,
+    /// Close every open connection of every link (RST).
+    Reset,
+    /// Symmetric partition, groups separated by '/': `1,2/3,4,5`.
+    Partition {
+        /// Groups of node ids, e.g. 1,2/3,4,5.
+        #[arg(value_parser = parse_groups)]
+        groups: Groups,
+    },
+    /// Cut one node off from every other node, both directions.
+    Isolate {
+        /// Node id.
+        node: u64,
+    },
+    /// Node FROM can no longer call node TO (one direction).
+    Cut {
+        /// Calling node.
+        from: u64,
+        /// Called node.
+        to: u64,
+    },
+    /// Add latency to every node-to-node link (or only node N's links).
+    Latency {
+        /// One-way added delay, ms.
+        latency_ms: u64,
+        /// Uniform jitter bound, ms.
+        #[arg(long, default_value_t = 0)]
+        jitter: u64,
+        /// Only the links from and to this node.
+        #[arg(long)]
+        node: Option<u64>,
+    },
+}
+
+/// Node groups of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Groups(pub Vec<Vec<u64>>);
+
+/// Parse `1,2/3,4,5` into groups.
+pub fn parse_groups(s: &str) -> Result<Groups, String> {
+    let err = || format!("{s:?}: expected node ids like 1,2/3,4,5");
+    let groups = s
+        .split('/')
+        .map(|g| g.split(',').map(|id| id.trim().parse::<u64>().map_err(|_| err())).collect())
+        .collect::<Result<Vec<Vec<u64>>, String>>()?;
+    if groups.len() < 2 || groups.iter().any(Vec::is_empty) {
+        return Err(err());
+    }
+    Ok(Groups(groups))
+}
+
+impl FaultAction {
+    fn request(&self) -> ControlRequest {
+        match self.clone() {
+            FaultAction::List => ControlRequest::List,
+            FaultAction::Heal => ControlRequest::Heal,
+            FaultAction::Reset => ControlRequest::Reset,
+            FaultAction::Partition { groups } => ControlRequest::Partition { groups: groups.0 },
+            FaultAction::Isolate { node } => ControlRequest::Isolate { node },
+            FaultAction::Cut { from, to } => ControlRequest::Cut { from, to },
+            FaultAction::Latency { latency_ms, jitter, node } => {
+                ControlRequest::Latency { latency_ms, jitter_ms: jitter, node }
+            }
+        }
+    }
 }
 
 /// Arguments of `meridian cluster up`.
@@ -85,6 +183,7 @@ pub fn run(cmd: ClusterCommand) -> CliResult {
         ClusterCommand::Up(args) => runtime.block_on(up(args)),
         ClusterCommand::Status(args) => runtime.block_on(status(args)),
         ClusterCommand::Down(args) => runtime.block_on(down(args)),
+        ClusterCommand::Fault(args) => runtime.block_on(fault(args)),
     }
 }
 
@@ -120,8 +219,10 @@ async fn up(args: UpArgs) -> CliResult {
     let mut stop = StopSignals::install()?;
     let cluster = LocalCluster::new(manifest, options).map_err(cli_error)?;
     let data_root = cluster.data_root().to_path_buf();
+    let control = serve_control(&cluster).await?;
+    let control_addr = control.as_ref().map(|(addr, _)| *addr);
     let started = tokio::select! {
-        r = start(&cluster, &origin) => r.map_err(cli_error),
+        r = start(&cluster, &origin, control_addr) => r.map_err(cli_error),
         name = stop.recv() => Err(CliError::failure(anyhow::anyhow!("{name} during start-up"))),
     };
     let outcome = match started {
@@ -131,9 +232,30 @@ async fn up(args: UpArgs) -> CliResult {
         }
         Err(e) => Err(e),
     };
+    if let Some((_, task)) = control {
+        task.abort();
+    }
     shutdown(&cluster).await;
     ClusterState::remove(&data_root).map_err(cli_error)?;
     outcome
+}
+
+/// For a proxied cluster: bind the control endpoint on 127.0.0.1 and serve it.
+async fn serve_control(
+    cluster: &LocalCluster,
+) -> CliResult<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
+    let Some(net) = cluster.network() else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| {
+        CliError::failure(anyhow::anyhow!("cannot bind the fault control endpoint: {e}"))
+    })?;
+    let addr = listener.local_addr().map_err(CliError::failure)?;
+    let net = net.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = control::serve(listener, net).await {
+            eprintln!("[cluster] fault control endpoint stopped: {e}");
+        }
+    });
+    Ok(Some((addr, task)))
 }
 
 /// SIGINT and SIGTERM, either of which stops the cluster.
@@ -179,18 +301,26 @@ fn refuse_if_running(data_root: &Path) -> CliResult {
 
 /// Spawn every node, record them in cluster.json (so `cluster down` finds them even
 /// while they start), wait until each is ready and a leader is agreed on.
-async fn start(cluster: &LocalCluster, origin: &str) -> Result<(ClusterState, u64), ClusterError> {
+async fn start(
+    cluster: &LocalCluster,
+    origin: &str,
+    control: Option<std::net::SocketAddr>,
+) -> Result<(ClusterState, u64), ClusterError> {
     for id in cluster.ids() {
         cluster.spawn(id)?;
     }
-    let state = record(cluster, origin);
+    let state = record(cluster, origin, control);
     state.write(cluster.data_root())?;
     cluster.start_all().await?;
     let leader = cluster.leader().await?;
     Ok((state, leader))
 }
 
-fn record(cluster: &LocalCluster, origin: &str) -> ClusterState {
+fn record(
+    cluster: &LocalCluster,
+    origin: &str,
+    control: Option<std::net::SocketAddr>,
+) -> ClusterState {
     let pids = cluster.pids();
     let nodes = cluster
         .manifest()
@@ -210,6 +340,7 @@ fn record(cluster: &LocalCluster, origin: &str) -> ClusterState {
         manifest: origin.to_string(),
         launcher_pid: std::process::id(),
         nodes,
+        proxy_control: control.map(|a| a.to_string()),
     }
 }
 
@@ -230,6 +361,14 @@ fn print_up(cluster: &LocalCluster, state: &ClusterState, leader: u64) {
     let all: Vec<String> = endpoints.values().cloned().collect();
     println!("endpoints: {}", all.join(","));
     println!("leader: node-{leader}");
+    if let Some(control) = &state.proxy_control {
+        let links = cluster.network().map_or(0, |n| n.links().len());
+        println!(
+            "fault proxy: {links} links, control {control} (`meridian cluster fault --data-dir {} \
+             list|partition|isolate|latency|heal`)",
+            cluster.data_root().display()
+        );
+    }
     println!(
         "state: {} (stop with Ctrl-C or `meridian cluster down --data-dir {}`)",
         state::state_path(cluster.data_root()).display(),
@@ -397,4 +536,76 @@ async fn down(args: DownArgs) -> CliResult {
     ClusterState::remove(&root).map_err(cli_error)?;
     println!("cluster {:?} is down", state.cluster_name);
     Ok(())
+}
+
+async fn fault(args: FaultArgs) -> CliResult {
+    let addr = match args.control {
+        Some(addr) => addr,
+        None => {
+            let root = args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            let state = ClusterState::read(&root).map_err(cli_error)?.ok_or_else(|| {
+                CliError::failure(anyhow::anyhow!(
+                    "no {} in {}: is a cluster running there?",
+                    state::STATE_FILE,
+                    root.display()
+                ))
+            })?;
+            let control = state.proxy_control.ok_or_else(|| {
+                CliError::bad_input(anyhow::anyhow!(
+                    "the cluster in {} does not route its links through the fault proxy \
+                     (start it from a manifest with [network] proxy = true)",
+                    root.display()
+                ))
+            })?;
+            control.parse().map_err(|e| {
+                CliError::failure(anyhow::anyhow!("bad control address {control:?}: {e}"))
+            })?
+        }
+    };
+    let response = control::request(addr, &args.action.request()).await.map_err(cli_error)?;
+    print_fault(&args.action, &response);
+    if response.ok {
+        Ok(())
+    } else {
+        Err(CliError::bad_input(anyhow::anyhow!("{}", response.message)))
+    }
+}
+
+fn print_fault(action: &FaultAction, response: &ControlResponse) {
+    if matches!(action, FaultAction::List) {
+        println!(
+            "{:<14} {:<21} {:<21} {:>8} {:>8} {:>9} {:>5}",
+            "LINK", "LISTEN", "TARGET", "LATENCY", "JITTER", "BLACKHOLE", "CONNS"
+        );
+        for l in &response.links {
+            println!(
+                "{:<14} {:<21} {:<21} {:>6}ms {:>6}ms {:>9} {:>5}",
+                l.name,
+                l.listen,
+                l.target,
+                l.latency_ms,
+                l.jitter_ms,
+                if l.blackhole { "yes" } else { "no" },
+                l.connections
+            );
+        }
+        return;
+    }
+    let holed = response.links.iter().filter(|l| l.blackhole).count();
+    let slow = response.links.iter().filter(|l| l.latency_ms > 0 || l.jitter_ms > 0).count();
+    println!("{}", response.message);
+    println!("links: {} total, {holed} blackholed, {slow} with latency", response.links.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_groups_parse() {
+        assert_eq!(parse_groups("1,2/3").expect("groups"), Groups(vec![vec![1, 2], vec![3]]));
+        assert!(parse_groups("1,2").is_err());
+        assert!(parse_groups("1,/3").is_err());
+        assert!(parse_groups("a/b").is_err());
+    }
 }

@@ -9,6 +9,12 @@
 //! [raft]                       # optional; passed to every node (node defaults otherwise)
 //! heartbeat_interval_ms = 100
 //!
+//! [network]                  # optional: route links through the fault proxy
+//! proxy = true                 # every directed node-to-node link (Raft and forwarding)
+//! client_proxy = false         # also a client-side link per node (client:N)
+//! latency_ms = 0               # initial latency on every node-to-node link
+//! jitter_ms = 0
+//!
 //! [[node]]
 //! id = 1
 //! region = "local"             # default "local"
@@ -21,7 +27,8 @@
 //! least one and at most [`MAX_NODES`] nodes; ids are distinct and >= 1; every api and
 //! raft address is distinct; each node's generated [`NodeConfig`] passes
 //! [`NodeConfig::validate`] (so Raft timing mistakes are caught before any process
-//! starts). The first node listed is the bootstrap node.
+//! starts); `[network]` options other than `proxy` need `proxy = true`, and latency and
+//! jitter are at most [`MAX_LINK_LATENCY_MS`]. The first node listed is the bootstrap node.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -40,6 +47,8 @@ pub const DEFAULT_MANIFEST_ORIGIN: &str = "<embedded local-3.toml>";
 pub const MAX_NODES: usize = 15;
 /// Default data root.
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Largest latency or jitter a manifest may put on a link, ms.
+pub const MAX_LINK_LATENCY_MS: u64 = 10_000;
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
@@ -67,6 +76,42 @@ pub struct ManifestNode {
     pub extra_args: Vec<String>,
 }
 
+/// `[network]`: whether (and how) the launcher routes links through the fault proxy
+/// (see [`super::network`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Route every directed node-to-node link (Raft and request forwarding) through
+    /// its own proxy link; node i's config gets `routes` to reach node j.
+    pub proxy: bool,
+    /// Also create one client-side link per node (`client:N`), whose address
+    /// [`LocalCluster::client_addr`](super::LocalCluster::client_addr) hands out.
+    pub client_proxy: bool,
+    /// Initial one-way latency on every node-to-node link, ms.
+    pub latency_ms: u64,
+    /// Initial uniform jitter on every node-to-node link, ms.
+    pub jitter_ms: u64,
+}
+
+impl NetworkConfig {
+    fn is_default(&self) -> bool {
+        self == &NetworkConfig::default()
+    }
+
+    /// Check the rules listed in the module docs.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.proxy && (self.client_proxy || self.latency_ms > 0 || self.jitter_ms > 0) {
+            return Err("[network] client_proxy, latency_ms and jitter_ms need proxy = true".into());
+        }
+        if self.latency_ms > MAX_LINK_LATENCY_MS || self.jitter_ms > MAX_LINK_LATENCY_MS {
+            return Err(format!(
+                "[network] latency_ms and jitter_ms must be at most {MAX_LINK_LATENCY_MS}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A validated cluster manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +127,9 @@ pub struct Manifest {
     /// Raft settings for every node; absent fields take the node defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<RaftConfig>,
+    /// Fault-proxy routing of the cluster's links (default: none).
+    #[serde(default, skip_serializing_if = "NetworkConfig::is_default")]
+    pub network: NetworkConfig,
     /// The nodes; the first one bootstraps the cluster.
     #[serde(rename = "node")]
     pub nodes: Vec<ManifestNode>,
@@ -125,6 +173,7 @@ impl Manifest {
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir must not be empty".into());
         }
+        self.network.validate()?;
         let mut ids = HashSet::new();
         let mut addrs = HashSet::new();
         for node in &self.nodes {
@@ -271,6 +320,21 @@ mod tests {
         );
         let err = Manifest::parse(&text, "m.toml").expect_err("bad timings");
         assert!(err.to_string().contains("election_timeout_min_ms"), "{err}");
+    }
+
+    #[test]
+    fn network_section_parses_and_its_options_need_the_proxy() {
+        let text = format!("{DEFAULT_MANIFEST_TOML}\n[network]\nproxy = true\nlatency_ms = 20\n");
+        let m = Manifest::parse(&text, "m.toml").expect("valid");
+        assert!(m.network.proxy);
+        assert_eq!(m.network.latency_ms, 20);
+        let text = format!("{DEFAULT_MANIFEST_TOML}\n[network]\nclient_proxy = true\n");
+        let err = Manifest::parse(&text, "m.toml").expect_err("client proxy without proxy");
+        assert!(err.to_string().contains("need proxy = true"), "{err}");
+        let text = format!("{DEFAULT_MANIFEST_TOML}\n[network]\nproxy = true\nlatncy_ms = 1\n");
+        let err = Manifest::parse(&text, "m.toml").expect_err("typo");
+        assert!(err.to_string().contains("latncy_ms"), "{err}");
+        assert!(!Manifest::embedded_default().expect("default").network.proxy);
     }
 
     #[test]

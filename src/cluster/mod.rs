@@ -16,6 +16,10 @@
 //!   temporary directory with short Raft timings.
 //! - [`proxy`]: the user-space TCP fault proxy (latency, blackhole, reset) that
 //!   inter-node links can be routed through.
+//! - [`network`]: [`ClusterNetwork`], one proxy link per directed node pair and
+//!   service, and faults on nodes (cut, partition, isolate, latency).
+//! - [`control`]: the tiny line-JSON control endpoint `meridian cluster up` serves for
+//!   a proxied cluster, and its client (`meridian cluster fault`).
 //!
 //! On-disk layout under a data root `D`: `D/node-N/` is node N's data dir (owned by
 //! the node), `D/node-N.toml` its generated config, `D/node-N.log` its output when
@@ -32,14 +36,17 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod control;
 pub mod manifest;
+pub mod network;
 pub mod process;
 pub mod proxy;
 pub mod signal;
 pub mod state;
 pub mod testing;
 
-pub use manifest::{Manifest, ManifestNode};
+pub use manifest::{Manifest, ManifestNode, NetworkConfig};
+pub use network::{ClusterNetwork, Grudge};
 pub use process::{LaunchOptions, LocalCluster, LogTarget};
 pub use testing::{TestCluster, TestOptions};
 
@@ -104,6 +111,9 @@ pub enum ClusterError {
     /// An address could not be turned into a gRPC endpoint.
     #[error("invalid endpoint {0:?}")]
     Endpoint(String),
+    /// The fault proxy refused (unknown link or node, bind failure, no runtime).
+    #[error("fault proxy: {0}")]
+    Proxy(#[from] proxy::ProxyError),
 }
 
 impl ClusterError {

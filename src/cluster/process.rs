@@ -8,6 +8,13 @@
 //! last output lines); [`LocalCluster::wait_for_leader`] polls until every running
 //! node names the same leader and that leader says it is one.
 //!
+//! Network: with [`LaunchOptions::proxy`] or the manifest's `[network] proxy = true`,
+//! [`LocalCluster::new`] (inside a tokio runtime) builds a [`ClusterNetwork`] first,
+//! one fault-proxy link per directed node pair and service, and writes each node's
+//! `routes` so that every node-to-node call goes through its link. The launcher's
+//! own calls (readiness, status) and [`LocalCluster::channel`] always go direct;
+//! [`LocalCluster::client_addr`] hands out the client link when there is one.
+//!
 //! Output: each child's stdout and stderr are read line by line on two threads and
 //! forwarded with a `[node-N]` prefix to our stderr or to `<root>/node-N.log`
 //! ([`LogTarget`]); the last [`LOG_RING_LINES`] lines of each node are also kept in
@@ -33,6 +40,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use super::manifest::Manifest;
+use super::network::ClusterNetwork;
 use super::signal::{self, Sig};
 use super::{poll_until, ClusterError};
 use crate::pb::v1 as pb;
@@ -92,6 +100,9 @@ pub struct LaunchOptions {
     pub ready_timeout: Duration,
     /// SIGTERM-to-exit deadline before SIGKILL.
     pub stop_timeout: Duration,
+    /// Route every node-to-node link through the fault proxy even if the manifest's
+    /// `[network] proxy` is off (either one turns it on).
+    pub proxy: bool,
 }
 
 impl LaunchOptions {
@@ -105,6 +116,7 @@ impl LaunchOptions {
             own_process_group: false,
             ready_timeout: READY_TIMEOUT,
             stop_timeout: STOP_TIMEOUT,
+            proxy: false,
         }
     }
 }
@@ -239,6 +251,7 @@ pub struct LocalCluster {
     data_root: PathBuf,
     options: LaunchOptions,
     nodes: BTreeMap<u64, Mutex<NodeProcess>>,
+    network: Option<Arc<ClusterNetwork>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -252,8 +265,9 @@ impl std::fmt::Debug for LocalCluster {
 }
 
 impl LocalCluster {
-    /// Prepare a cluster: create the data root, write every node's config file, open
-    /// the log files. Spawns nothing.
+    /// Prepare a cluster: create the data root, build the proxied network if asked
+    /// (then this must run inside a tokio runtime), write every node's config file,
+    /// open the log files. Spawns nothing.
     pub fn new(manifest: Manifest, options: LaunchOptions) -> Result<Self, ClusterError> {
         let root = &manifest.data_dir;
         std::fs::create_dir_all(root).map_err(|e| {
@@ -262,12 +276,24 @@ impl LocalCluster {
         let data_root = std::fs::canonicalize(root).map_err(|e| {
             ClusterError::io(format!("cannot resolve data dir {}", root.display()), e)
         })?;
+        let network = if options.proxy || manifest.network.proxy {
+            let net = ClusterNetwork::build(&manifest, manifest.network.client_proxy)?;
+            let latency = Duration::from_millis(manifest.network.latency_ms);
+            let jitter = Duration::from_millis(manifest.network.jitter_ms);
+            net.set_latency(latency, jitter, None)?;
+            Some(Arc::new(net))
+        } else {
+            None
+        };
         let mut nodes = BTreeMap::new();
         for node in &manifest.nodes {
             let id = node.id;
-            let config = manifest
+            let mut config = manifest
                 .node_config(id, &data_root, options.bootstrap)
                 .map_err(|message| ClusterError::Manifest { origin: "manifest".into(), message })?;
+            if let Some(net) = &network {
+                config.routes = net.routes(id)?;
+            }
             let config_path = data_root.join(format!("node-{id}.toml"));
             let text = toml::to_string(&config).map_err(|e| {
                 ClusterError::io(
@@ -308,7 +334,19 @@ impl LocalCluster {
                 }),
             );
         }
-        Ok(Self { manifest, data_root, options, nodes })
+        Ok(Self { manifest, data_root, options, nodes, network })
+    }
+
+    /// The proxied network, when links are routed through the fault proxy.
+    pub fn network(&self) -> Option<&Arc<ClusterNetwork>> {
+        self.network.as_ref()
+    }
+
+    /// Where a client should connect to reach node `id`: its client link when the
+    /// network has client links, else its API address.
+    pub fn client_addr(&self, id: u64) -> Result<SocketAddr, ClusterError> {
+        let direct = self.api_addr(id)?;
+        Ok(self.network.as_ref().and_then(|n| n.client_addr(id)).unwrap_or(direct))
     }
 
     /// [`new`](Self::new), then [`start_all`](Self::start_all).

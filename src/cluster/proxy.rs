@@ -36,6 +36,8 @@ pub const MAX_INFLIGHT_CHUNKS: usize = 256;
 pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Open connections per link; further ones are refused.
 pub const MAX_CONNECTIONS_PER_LINK: usize = 256;
+/// Ports bound and rejected (excluded) before [`FaultProxy::add_link_excluding`] gives up.
+pub const MAX_EXCLUDED_BINDS: usize = 64;
 /// Timeout connecting to a link's target.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -51,6 +53,12 @@ pub enum ProxyError {
     /// No link with that name.
     #[error("no proxy link named {0:?}")]
     UnknownLink(String),
+    /// A link with that name exists already.
+    #[error("a proxy link named {0:?} exists already")]
+    DuplicateLink(String),
+    /// Links can only be added inside a tokio runtime (they run on it).
+    #[error("proxy links must be created inside a tokio runtime")]
+    NoRuntime,
 }
 
 /// The fault state of one link.
@@ -97,6 +105,42 @@ impl Link {
     pub fn open_connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }
+    /// A snapshot of the link: addresses, faults, connections.
+    pub fn info(&self) -> LinkInfo {
+        let f = self.faults();
+        LinkInfo {
+            name: self.name.clone(),
+            listen: self.listen,
+            target: self.target,
+            latency_ms: duration_ms(f.latency),
+            jitter_ms: duration_ms(f.jitter),
+            blackhole: f.blackhole,
+            connections: self.open_connections(),
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A serialisable snapshot of one link (for `meridian cluster fault list` and reports).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LinkInfo {
+    /// Link name.
+    pub name: String,
+    /// Where clients of the link connect (127.0.0.1).
+    pub listen: SocketAddr,
+    /// Where the link forwards to.
+    pub target: SocketAddr,
+    /// Added one-way delay, ms.
+    pub latency_ms: u64,
+    /// Extra uniform random delay bound, ms.
+    pub jitter_ms: u64,
+    /// Whether the link drops every byte.
+    pub blackhole: bool,
+    /// Open connections.
+    pub connections: usize,
 }
 
 impl Drop for Link {
@@ -122,14 +166,58 @@ impl FaultProxy {
     /// Add a link named `name` forwarding to `target`; returns its listen address.
     /// Must be called inside a tokio runtime.
     pub async fn add_link(&self, name: &str, target: SocketAddr) -> Result<SocketAddr, ProxyError> {
+        self.add_link_now(name, target)
+    }
+
+    /// [`add_link`](Self::add_link) from synchronous code that runs inside a tokio runtime
+    /// (the link's tasks are spawned on the current runtime): binding a loopback port
+    /// never blocks. Fails with [`ProxyError::NoRuntime`] outside a runtime.
+    pub fn add_link_now(&self, name: &str, target: SocketAddr) -> Result<SocketAddr, ProxyError> {
+        self.add_link_excluding(name, target, &[])
+    }
+
+    /// [`add_link_now`](Self::add_link_now), never listening on a port of `excluded`
+    /// (addresses reserved for nodes that have not bound them yet).
+    pub fn add_link_excluding(
+        &self,
+        name: &str,
+        target: SocketAddr,
+        excluded: &[SocketAddr],
+    ) -> Result<SocketAddr, ProxyError> {
         if !target.ip().is_loopback() {
             return Err(ProxyError::NotLoopback(target));
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let listen = listener.local_addr()?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ProxyError::NoRuntime)?;
+        if self.lock().contains_key(name) {
+            return Err(ProxyError::DuplicateLink(name.to_string()));
+        }
+        // Listeners on excluded ports are held until a good one is found, so the
+        // kernel cannot hand the same port out again.
+        let mut rejected = Vec::new();
+        let std_listener = loop {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let port = l.local_addr()?.port();
+            if !excluded.iter().any(|a| a.port() == port) {
+                break l;
+            }
+            if rejected.len() >= MAX_EXCLUDED_BINDS {
+                return Err(ProxyError::Io(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "no free port outside the excluded ones",
+                )));
+            }
+            rejected.push(l);
+        };
+        drop(rejected);
+        std_listener.set_nonblocking(true)?;
+        let listen = std_listener.local_addr()?;
+        let listener = {
+            let _guard = handle.enter();
+            TcpListener::from_std(std_listener)?
+        };
         let (tx, rx) = watch::channel(LinkFaults::default());
         let connections = Arc::new(AtomicUsize::new(0));
-        let accept_task = tokio::spawn(accept_loop(listener, target, rx, connections.clone()));
+        let accept_task = handle.spawn(accept_loop(listener, target, rx, connections.clone()));
         let link =
             Link { name: name.to_string(), listen, target, faults: tx, connections, accept_task };
         self.lock().insert(name.to_string(), Arc::new(link));
@@ -145,9 +233,14 @@ impl FaultProxy {
         self.lock().get(name).cloned().ok_or_else(|| ProxyError::UnknownLink(name.to_string()))
     }
 
-    /// Names of every link.
+    /// Names of every link, in name order.
     pub fn link_names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
+    }
+
+    /// A snapshot of every link, in name order.
+    pub fn links(&self) -> Vec<LinkInfo> {
+        self.lock().values().map(|l| l.info()).collect()
     }
 
     fn modify(&self, name: &str, f: impl FnOnce(&mut LinkFaults)) -> Result<(), ProxyError> {
@@ -191,6 +284,13 @@ impl FaultProxy {
     pub fn heal_all(&self) {
         for name in self.link_names() {
             let _ = self.heal(&name);
+        }
+    }
+
+    /// Close the open connections of every link (RST).
+    pub fn reset_all(&self) {
+        for name in self.link_names() {
+            let _ = self.reset(&name);
         }
     }
 }
@@ -396,6 +496,25 @@ mod tests {
         let mut rest = Vec::new();
         let r = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
         assert!(r.is_ok(), "connection must be closed after reset");
+    }
+
+    #[tokio::test]
+    async fn links_can_be_added_from_sync_code_in_a_runtime_and_names_are_unique() {
+        let p = FaultProxy::new();
+        let target = echo_server().await;
+        let addr = p.add_link_now("a->b", target).expect("link");
+        assert_eq!(roundtrip(addr).await.expect("echo"), b"ping");
+        assert!(matches!(p.add_link_now("a->b", target), Err(ProxyError::DuplicateLink(_))));
+        let info = p.links();
+        assert_eq!(info.len(), 1);
+        assert_eq!((info[0].listen, info[0].target, info[0].blackhole), (addr, target, false));
+    }
+
+    #[test]
+    fn adding_a_link_outside_a_runtime_is_an_error() {
+        let p = FaultProxy::new();
+        let err = p.add_link_now("x", "127.0.0.1:1".parse().expect("addr"));
+        assert!(matches!(err, Err(ProxyError::NoRuntime)));
     }
 
     #[tokio::test]

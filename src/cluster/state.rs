@@ -44,6 +44,10 @@ pub struct ClusterState {
     pub launcher_pid: u32,
     /// The nodes.
     pub nodes: Vec<NodeState>,
+    /// The fault-proxy control endpoint (host:port) of a proxied cluster, for
+    /// `meridian cluster fault`; absent when links are not proxied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_control: Option<String>,
 }
 
 /// Path of the state file in `data_root`.
@@ -192,6 +196,7 @@ mod tests {
                 raft_addr: "127.0.0.1:2".into(),
                 config_path: "/x/node-1.toml".into(),
             }],
+            proxy_control: Some("127.0.0.1:9".into()),
         };
         state.write(dir.path()).expect("write");
         assert_eq!(ClusterState::read(dir.path()).expect("read"), Some(state));
@@ -214,6 +219,7 @@ mod tests {
                 raft_addr: String::new(),
                 config_path: "/nope".into(),
             }],
+            proxy_control: None,
         };
         assert!(state.live_nodes().is_empty());
         assert!(!state.launcher_alive());

@@ -14,7 +14,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::manifest::{Manifest, ManifestNode};
+use super::manifest::{Manifest, ManifestNode, NetworkConfig};
 use super::process::{LaunchOptions, LocalCluster, LogTarget, LEADER_TIMEOUT};
 use super::ClusterError;
 use crate::config::RaftConfig;
@@ -54,6 +54,11 @@ pub struct TestOptions {
     pub extra_args: Vec<String>,
     /// Node output destination; default one file per node in the temp dir.
     pub logs: LogTarget,
+    /// Route every node-to-node link through the fault proxy (see
+    /// [`LocalCluster::network`]); default off.
+    pub proxy: bool,
+    /// With `proxy`, also create client-side links (see [`LocalCluster::client_addr`]).
+    pub client_proxy: bool,
 }
 
 impl TestOptions {
@@ -68,6 +73,8 @@ impl TestOptions {
             wait_for_leader: true,
             extra_args: Vec::new(),
             logs: LogTarget::Files,
+            proxy: false,
+            client_proxy: false,
         }
     }
 }
@@ -123,6 +130,11 @@ impl TestCluster {
             data_dir: dir.path().to_path_buf(),
             binary: Some(options.binary.clone()),
             raft: Some(options.raft.clone()),
+            network: NetworkConfig {
+                proxy: options.proxy,
+                client_proxy: options.proxy && options.client_proxy,
+                ..NetworkConfig::default()
+            },
             nodes,
         };
         manifest.validate().map_err(|message| ClusterError::Manifest {
@@ -136,6 +148,7 @@ impl TestCluster {
             own_process_group: false,
             ready_timeout: TEST_READY_TIMEOUT,
             stop_timeout: TEST_STOP_TIMEOUT,
+            proxy: options.proxy,
         };
         let cluster = TestCluster { cluster: LocalCluster::new(manifest, launch)?, dir: Some(dir) };
         let started = async {
