@@ -128,9 +128,14 @@ pub fn never_sent(status: &Status) -> bool {
 /// The status's code and message as the caller should see them: tonic reports its
 /// own client-side deadline as CANCELLED "Timeout expired", which is really
 /// DEADLINE_EXCEEDED; transport causes are appended to the message.
+///
+/// The timeout is recognised by `tonic::TimeoutExpired` in the source chain, or by its
+/// message alone: a tonic server enforces the `grpc-timeout` the client sends and, when
+/// that fires first, answers CANCELLED "Timeout expired" over the wire, with no source
+/// to inspect (seen end to end: a write to a partitioned leader). Both are deadlines.
 pub fn describe(status: &Status) -> (Code, String) {
     let mut message = status.message().to_string();
-    let mut timed_out = false;
+    let mut timed_out = status.message() == tonic::TimeoutExpired(()).to_string();
     let mut source = status.source();
     while let Some(err) = source {
         timed_out |= err.is::<tonic::TimeoutExpired>();
@@ -294,6 +299,9 @@ mod tests {
         status.set_source(Arc::new(tonic::TimeoutExpired(())));
         assert_eq!(describe(&status).0, Code::DeadlineExceeded);
         assert_eq!(describe(&Status::cancelled("by peer")).0, Code::Cancelled);
+        // A server's own deadline enforcement, received over the wire (no source).
+        let over_the_wire = Status::cancelled("Timeout expired");
+        assert_eq!(describe(&over_the_wire).0, Code::DeadlineExceeded);
     }
 
     #[test]

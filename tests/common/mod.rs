@@ -7,7 +7,13 @@
 //! request_id, so the node's exactly-once table makes the retry safe and the outcome
 //! determinate. Reads are retried the same way. Everything else is returned to the
 //! test. Every loop is bounded by [`OP_DEADLINE`].
+//!
+//! Submodules: [`client`] (seeded configs of the Rust client library and state
+//! readers) and [`response_dropper`] (a proxy that loses one response on purpose).
 #![allow(dead_code, missing_docs)]
+
+pub mod client;
+pub mod response_dropper;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
