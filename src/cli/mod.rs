@@ -5,10 +5,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod bench;
 pub mod cluster;
+pub mod completions;
+pub mod help;
 pub mod kv;
 pub mod node;
 
@@ -73,11 +75,28 @@ pub enum Command {
     Kv(kv::KvArgs),
     /// Load-test a running cluster.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page, or write one page per command into a directory.
+    Man(completions::ManArgs),
+}
+
+/// The full command definition: the derived [`Cli`] plus the examples of
+/// [`help::EXAMPLES`] under every command's help. Parsing, completions and man pages
+/// all use it.
+pub fn command() -> clap::Command {
+    help::with_examples(Cli::command())
+}
+
+/// Parse the process arguments with [`command`].
+fn parse() -> Result<Cli, clap::Error> {
+    let matches = command().try_get_matches()?;
+    Cli::from_arg_matches(&matches)
 }
 
 /// Parse the command line, run, and map the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -94,6 +113,8 @@ pub fn main() -> ExitCode {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Kv(args) => kv::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Completions(args) => completions::run_completions(args, command()),
+        Command::Man(args) => completions::run_man(args, command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
