@@ -24,15 +24,26 @@ fn entries(start: u64, with_request_ids: bool) -> Vec<Entry> {
                 trace_id: String::new(),
                 hlc: Timestamp { wall_ns: i, logical: 0, node: 1 },
                 source: Source { node_id: 1, region: "bench".into() },
-                op: Op::Put { key: format!("key-{}", i % 10_000).into_bytes(), value: vec![7u8; 100], expected_version: None },
+                op: Op::Put {
+                    key: format!("key-{}", i % 10_000).into_bytes(),
+                    value: vec![7u8; 100],
+                    expected_version: None,
+                },
             };
-            Entry { log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, i), payload: EntryPayload::Normal(cmd) }
+            Entry {
+                log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, i),
+                payload: EntryPayload::Normal(cmd),
+            }
         })
         .collect()
 }
 
 fn bench_apply(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), "bench", 1).expect("store");
     let hlc = Hlc::new(1, Arc::new(SystemClock::new()), DEFAULT_MAX_CLOCK_OFFSET, Timestamp::ZERO);

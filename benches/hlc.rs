@@ -8,9 +8,7 @@ fn bench_hlc(c: &mut Criterion) {
     let hlc = Hlc::new(1, Arc::new(SystemClock::new()), DEFAULT_MAX_CLOCK_OFFSET, Timestamp::ZERO);
     c.bench_function("hlc_now", |b| b.iter(|| std::hint::black_box(hlc.now())));
     let remote = hlc.now();
-    c.bench_function("hlc_update", |b| {
-        b.iter(|| hlc.update(std::hint::black_box(remote)).is_ok())
-    });
+    c.bench_function("hlc_update", |b| b.iter(|| hlc.update(std::hint::black_box(remote)).is_ok()));
 }
 
 criterion_group!(benches, bench_hlc);

@@ -202,10 +202,8 @@ impl NodeConfig {
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: p.to_path_buf(),
                     message: e.to_string(),
@@ -271,9 +269,7 @@ impl NodeConfig {
             return bad(format!("max_key_bytes must be 1..={MAX_KEY_BYTES_LIMIT}"));
         }
         if self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
-            return bad(format!(
-                "max_value_bytes must be <= {MAX_VALUE_BYTES_LIMIT}"
-            ));
+            return bad(format!("max_value_bytes must be <= {MAX_VALUE_BYTES_LIMIT}"));
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_interval_ms {
@@ -286,9 +282,7 @@ impl NodeConfig {
             return bad("raft.election_timeout_max_ms must exceed election_timeout_min_ms".into());
         }
         if r.snapshot_logs_since_last == 0 || r.max_payload_entries == 0 {
-            return bad(
-                "raft.snapshot_logs_since_last and max_payload_entries must be >= 1".into(),
-            );
+            return bad("raft.snapshot_logs_since_last and max_payload_entries must be >= 1".into());
         }
         if r.snapshot_chunk_bytes < 1024 || r.snapshot_chunk_bytes > 4 * 1024 * 1024 {
             return bad("raft.snapshot_chunk_bytes must be 1 KiB..=4 MiB".into());
@@ -328,16 +322,12 @@ impl NodeConfig {
 
     /// The API address advertised to peers and clients.
     pub fn advertised_api_addr(&self) -> String {
-        self.advertise_api_addr
-            .clone()
-            .unwrap_or_else(|| self.api_addr.to_string())
+        self.advertise_api_addr.clone().unwrap_or_else(|| self.api_addr.to_string())
     }
 
     /// The Raft address advertised to peers.
     pub fn advertised_raft_addr(&self) -> String {
-        self.advertise_raft_addr
-            .clone()
-            .unwrap_or_else(|| self.raft_addr.to_string())
+        self.advertise_raft_addr.clone().unwrap_or_else(|| self.raft_addr.to_string())
     }
 
     /// Max clock offset as a Duration.
@@ -371,8 +361,7 @@ mod tests {
     #[test]
     fn env_overrides_file_values() {
         let mut c = NodeConfig::default();
-        c.apply_env(|k| (k == "MERIDIAN_ID").then(|| "7".to_string()))
-            .expect("env");
+        c.apply_env(|k| (k == "MERIDIAN_ID").then(|| "7".to_string())).expect("env");
         assert_eq!(c.id, 7);
         let err = c.apply_env(|k| (k == "MERIDIAN_ID").then(|| "x".to_string()));
         assert!(err.is_err());

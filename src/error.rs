@@ -53,10 +53,7 @@ impl From<StorageError> for Error {
 impl Error {
     /// Whether the same request may succeed if retried (possibly at another node).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::NotLeader { .. } | Error::Unavailable(_) | Error::Timeout(_)
-        )
+        matches!(self, Error::NotLeader { .. } | Error::Unavailable(_) | Error::Timeout(_))
     }
 }
 

@@ -38,22 +38,14 @@ pub struct Timestamp {
 
 impl Timestamp {
     /// The zero timestamp, before every real one.
-    pub const ZERO: Timestamp = Timestamp {
-        wall_ns: 0,
-        logical: 0,
-        node: 0,
-    };
+    pub const ZERO: Timestamp = Timestamp { wall_ns: 0, logical: 0, node: 0 };
 
     /// The smallest timestamp strictly greater than `self` on the same wall time
     /// (carries into `wall_ns` if the logical counter would overflow).
     pub fn tick(self) -> Timestamp {
         match self.logical.checked_add(1) {
             Some(logical) => Timestamp { logical, ..self },
-            None => Timestamp {
-                wall_ns: self.wall_ns.saturating_add(1),
-                logical: 0,
-                ..self
-            },
+            None => Timestamp { wall_ns: self.wall_ns.saturating_add(1), logical: 0, ..self },
         }
     }
 
@@ -118,10 +110,7 @@ impl SystemClock {
 
 impl PhysicalClock for SystemClock {
     fn now_ns(&self) -> u64 {
-        let real = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let real = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let real = u64::try_from(real).unwrap_or(u64::MAX);
         real.saturating_add_signed(self.offset_ns())
     }
@@ -136,9 +125,7 @@ pub struct ManualClock {
 impl ManualClock {
     /// A manual clock reading `now_ns`.
     pub fn new(now_ns: u64) -> Self {
-        Self {
-            now_ns: std::sync::atomic::AtomicU64::new(now_ns),
-        }
+        Self { now_ns: std::sync::atomic::AtomicU64::new(now_ns) }
     }
 
     /// Set the reading.
@@ -170,10 +157,7 @@ pub struct Hlc {
 
 impl fmt::Debug for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hlc")
-            .field("node", &self.node)
-            .field("last", &self.peek())
-            .finish()
+        f.debug_struct("Hlc").field("node", &self.node).field("last", &self.peek()).finish()
     }
 }
 
@@ -188,12 +172,7 @@ impl Hlc {
     ) -> Self {
         let max_offset_ns = u64::try_from(max_offset.as_nanos()).unwrap_or(u64::MAX);
         let seed = Timestamp { node, ..high_water };
-        Self {
-            node,
-            max_offset_ns,
-            physical,
-            last: Arc::new(Mutex::new(seed)),
-        }
+        Self { node, max_offset_ns, physical, last: Arc::new(Mutex::new(seed)) }
     }
 
     /// The node id stamped into every timestamp.
@@ -222,22 +201,11 @@ impl Hlc {
         let pt = self.physical.now_ns();
         let mut last = self.lock();
         let next = if pt > last.wall_ns {
-            Timestamp {
-                wall_ns: pt,
-                logical: 0,
-                node: self.node,
-            }
+            Timestamp { wall_ns: pt, logical: 0, node: self.node }
         } else {
-            Timestamp {
-                node: self.node,
-                ..last.tick()
-            }
+            Timestamp { node: self.node, ..last.tick() }
         };
-        debug_assert!(
-            next.is_after(&last),
-            "hlc went backwards: {next} after {}",
-            *last
-        );
+        debug_assert!(next.is_after(&last), "hlc went backwards: {next} after {}", *last);
         *last = next;
         next
     }
@@ -263,10 +231,7 @@ impl Hlc {
     pub fn observe(&self, remote: Timestamp) {
         let mut last = self.lock();
         if remote.is_after(&last) {
-            *last = Timestamp {
-                node: self.node,
-                ..remote
-            };
+            *last = Timestamp { node: self.node, ..remote };
         }
     }
 }
@@ -285,23 +250,9 @@ mod tests {
     #[test]
     fn now_follows_physical_time_when_it_advances() {
         let (pc, hlc) = clock(1_000);
-        assert_eq!(
-            hlc.now(),
-            Timestamp {
-                wall_ns: 1_000,
-                logical: 0,
-                node: 1
-            }
-        );
+        assert_eq!(hlc.now(), Timestamp { wall_ns: 1_000, logical: 0, node: 1 });
         pc.set(2_000);
-        assert_eq!(
-            hlc.now(),
-            Timestamp {
-                wall_ns: 2_000,
-                logical: 0,
-                node: 1
-            }
-        );
+        assert_eq!(hlc.now(), Timestamp { wall_ns: 2_000, logical: 0, node: 1 });
     }
 
     #[test]
@@ -313,45 +264,23 @@ mod tests {
         let c = hlc.now();
         assert!(b.is_after(&a));
         assert!(c.is_after(&b));
-        assert_eq!(
-            c,
-            Timestamp {
-                wall_ns: 1_000,
-                logical: 2,
-                node: 1
-            }
-        );
+        assert_eq!(c, Timestamp { wall_ns: 1_000, logical: 2, node: 1 });
     }
 
     #[test]
     fn update_far_ahead_is_refused_and_leaves_the_clock_alone() {
         let (_pc, hlc) = clock(1_000_000_000);
         let before = hlc.now();
-        let remote = Timestamp {
-            wall_ns: 3_000_000_000,
-            logical: 0,
-            node: 2,
-        };
+        let remote = Timestamp { wall_ns: 3_000_000_000, logical: 0, node: 2 };
         let err = hlc.update(remote).expect_err("must refuse");
-        assert!(matches!(
-            err,
-            HlcError::ClockOffset {
-                ahead_ms: 2000,
-                max_ms: 500,
-                ..
-            }
-        ));
+        assert!(matches!(err, HlcError::ClockOffset { ahead_ms: 2000, max_ms: 500, .. }));
         assert_eq!(hlc.peek(), before);
     }
 
     #[test]
     fn update_within_offset_moves_the_clock_past_the_remote() {
         let (_pc, hlc) = clock(1_000_000_000);
-        let remote = Timestamp {
-            wall_ns: 1_400_000_000,
-            logical: 7,
-            node: 2,
-        };
+        let remote = Timestamp { wall_ns: 1_400_000_000, logical: 7, node: 2 };
         hlc.update(remote).expect("within offset");
         let next = hlc.now();
         assert!(next.is_after(&remote), "{next} must follow {remote}");
@@ -360,30 +289,15 @@ mod tests {
     #[test]
     fn restart_never_goes_below_the_high_water_mark() {
         let pc = Arc::new(ManualClock::new(10));
-        let hw = Timestamp {
-            wall_ns: 1_000,
-            logical: 3,
-            node: 1,
-        };
+        let hw = Timestamp { wall_ns: 1_000, logical: 3, node: 1 };
         let hlc = Hlc::new(1, pc, DEFAULT_MAX_CLOCK_OFFSET, hw);
         assert!(hlc.now().is_after(&hw));
     }
 
     #[test]
     fn logical_overflow_carries_into_wall_time() {
-        let t = Timestamp {
-            wall_ns: 5,
-            logical: u32::MAX,
-            node: 1,
-        };
-        assert_eq!(
-            t.tick(),
-            Timestamp {
-                wall_ns: 6,
-                logical: 0,
-                node: 1
-            }
-        );
+        let t = Timestamp { wall_ns: 5, logical: u32::MAX, node: 1 };
+        assert_eq!(t.tick(), Timestamp { wall_ns: 6, logical: 0, node: 1 });
     }
 
     #[derive(Debug, Clone)]

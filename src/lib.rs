@@ -21,12 +21,8 @@ pub mod hlc;
 pub mod record;
 
 /// Crate version plus the git commit it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("MERIDIAN_GIT_COMMIT"),
-    ")"
-);
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("MERIDIAN_GIT_COMMIT"), ")");
 pub mod error;
 pub mod raft;
 pub mod server;

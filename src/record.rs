@@ -87,10 +87,7 @@ impl Record {
     /// Check the stored-record invariants (see module docs).
     pub fn check(&self) -> Result<(), CorruptRecord> {
         let fail = |reason: String| {
-            Err(CorruptRecord {
-                key: String::from_utf8_lossy(&self.key).into_owned(),
-                reason,
-            })
+            Err(CorruptRecord { key: String::from_utf8_lossy(&self.key).into_owned(), reason })
         };
         if self.version == 0 {
             return fail("version 0 stored".into());
@@ -260,11 +257,7 @@ impl std::fmt::Display for Command {
             Op::Delete { .. } => "delete",
             Op::Txn { .. } => "txn",
         };
-        write!(
-            f,
-            "{kind}(request_id={}, hlc={})",
-            self.request_id, self.hlc
-        )
+        write!(f, "{kind}(request_id={}, hlc={})", self.request_id, self.hlc)
     }
 }
 
@@ -317,21 +310,13 @@ pub struct ApplyResult {
 
 impl From<Timestamp> for pb::Hlc {
     fn from(t: Timestamp) -> Self {
-        pb::Hlc {
-            wall_ns: t.wall_ns,
-            logical: t.logical,
-            node: t.node,
-        }
+        pb::Hlc { wall_ns: t.wall_ns, logical: t.logical, node: t.node }
     }
 }
 
 impl From<pb::Hlc> for Timestamp {
     fn from(t: pb::Hlc) -> Self {
-        Timestamp {
-            wall_ns: t.wall_ns,
-            logical: t.logical,
-            node: t.node,
-        }
+        Timestamp { wall_ns: t.wall_ns, logical: t.logical, node: t.node }
     }
 }
 
@@ -350,10 +335,7 @@ impl From<Record> for pb::Record {
             create_revision: r.create_revision,
             hlc: Some(r.hlc.into()),
             hash: r.hash,
-            source: Some(pb::Source {
-                node_id: r.source.node_id,
-                region: r.source.region,
-            }),
+            source: Some(pb::Source { node_id: r.source.node_id, region: r.source.region }),
             status: status as i32,
             saga_id,
         }
@@ -396,11 +378,8 @@ mod tests {
 
     #[test]
     fn compare_on_absent_key_uses_version_zero_and_never_matches_value() {
-        let c = Compare {
-            key: b"k".to_vec(),
-            op: CompareOp::Equal,
-            target: CompareTarget::Version(0),
-        };
+        let c =
+            Compare { key: b"k".to_vec(), op: CompareOp::Equal, target: CompareTarget::Version(0) };
         assert!(c.holds(None));
         let c = Compare {
             key: b"k".to_vec(),

@@ -31,17 +31,11 @@ pub struct CliError {
 impl CliError {
     /// Bad input (exit 2).
     pub fn bad_input(error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: EXIT_BAD_INPUT,
-            error: error.into(),
-        }
+        Self { code: EXIT_BAD_INPUT, error: error.into() }
     }
     /// Operational failure (exit 1).
     pub fn failure(error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: EXIT_FAILURE,
-            error: error.into(),
-        }
+        Self { code: EXIT_FAILURE, error: error.into() }
     }
 }
 

@@ -11,11 +11,9 @@ use crate::config::{NodeConfig, PeerConfig};
 
 /// Arguments of `meridian node`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Examples:\n  meridian node --config cluster/node.sample.toml\n  \
+#[command(after_help = "Examples:\n  meridian node --config cluster/node.sample.toml\n  \
     meridian node --id 1 --api-addr 127.0.0.1:7001 --raft-addr 127.0.0.1:7101 --data-dir data/n1 \\\n    \
-    --peer 1=127.0.0.1:7001/127.0.0.1:7101 --bootstrap"
-)]
+    --peer 1=127.0.0.1:7001/127.0.0.1:7101 --bootstrap")]
 pub struct NodeArgs {
     /// TOML configuration file (see cluster/node.sample.toml).
     #[arg(long, short = 'c')]
@@ -68,12 +66,7 @@ pub fn parse_peer(s: &str) -> Result<PeerConfig, String> {
     if api.is_empty() || raft.is_empty() {
         return Err(err());
     }
-    Ok(PeerConfig {
-        id,
-        api_addr: api.to_string(),
-        raft_addr: raft.to_string(),
-        region,
-    })
+    Ok(PeerConfig { id, api_addr: api.to_string(), raft_addr: raft.to_string(), region })
 }
 
 impl NodeArgs {
@@ -116,14 +109,8 @@ pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// Install SIGINT/SIGTERM handlers now (so a signal during start-up is not lost or
@@ -149,36 +136,22 @@ pub fn run(args: NodeArgs) -> CliResult {
             "--unsafe-stale-reads: LINEARIZABLE reads are served locally and may be stale"
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let shutdown = shutdown_signal()?;
-        let api = tokio::net::TcpListener::bind(cfg.api_addr)
-            .await
-            .map_err(|e| {
-                CliError::failure(anyhow::anyhow!(
-                    "cannot listen on api_addr {}: {e}",
-                    cfg.api_addr
-                ))
-            })?;
-        let raft = tokio::net::TcpListener::bind(cfg.raft_addr)
-            .await
-            .map_err(|e| {
-                CliError::failure(anyhow::anyhow!(
-                    "cannot listen on raft_addr {}: {e}",
-                    cfg.raft_addr
-                ))
-            })?;
-        crate::server::run_node(cfg, api, raft, shutdown)
-            .await
-            .map_err(|e| {
-                if e.is_bad_input() {
-                    CliError::bad_input(e)
-                } else {
-                    CliError::failure(e)
-                }
-            })
+        let api = tokio::net::TcpListener::bind(cfg.api_addr).await.map_err(|e| {
+            CliError::failure(anyhow::anyhow!("cannot listen on api_addr {}: {e}", cfg.api_addr))
+        })?;
+        let raft = tokio::net::TcpListener::bind(cfg.raft_addr).await.map_err(|e| {
+            CliError::failure(anyhow::anyhow!("cannot listen on raft_addr {}: {e}", cfg.raft_addr))
+        })?;
+        crate::server::run_node(cfg, api, raft, shutdown).await.map_err(|e| {
+            if e.is_bad_input() {
+                CliError::bad_input(e)
+            } else {
+                CliError::failure(e)
+            }
+        })
     })
 }
 

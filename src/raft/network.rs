@@ -80,17 +80,11 @@ impl Network {
             snapshot_chunk_bytes,
             channels: Mutex::default(),
         };
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
@@ -125,7 +119,8 @@ impl Network {
             .await
             .map_err(|_| format!("read index from node {leader} timed out"))?
             .map_err(|s| format!("read index from node {leader}: {}: {}", s.code(), s.message()))?;
-        postcard::from_bytes(&reply.into_inner().payload).map_err(|e| format!("decode read index: {e}"))
+        postcard::from_bytes(&reply.into_inner().payload)
+            .map_err(|e| format!("decode read index: {e}"))
     }
 }
 
@@ -133,7 +128,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Connection {
-        let addr = self.inner.routes.get(&target).cloned().unwrap_or_else(|| node.raft_addr.clone());
+        let addr =
+            self.inner.routes.get(&target).cloned().unwrap_or_else(|| node.raft_addr.clone());
         let client = self
             .channel(&addr)
             .map(|c| {
@@ -142,11 +138,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES)
             })
             .map_err(|e| format!("bad raft address {:?}: {e}", node.raft_addr));
-        Connection {
-            target,
-            client,
-            net: self.inner.clone(),
-        }
+        Connection { target, client, net: self.inner.clone() }
     }
 }
 
@@ -185,9 +177,7 @@ fn status_err(s: tonic::Status) -> RPCError<TypeConfig> {
 
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
-        self.client
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
+        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
@@ -217,12 +207,7 @@ impl Connection {
         };
         let reply = tokio::time::timeout(ttl, fut)
             .await
-            .map_err(|_| {
-                net_err(format!(
-                    "rpc to node {} timed out after {ttl:?}",
-                    self.target
-                ))
-            })?
+            .map_err(|_| net_err(format!("rpc to node {} timed out after {ttl:?}", self.target)))?
             .map_err(status_err)?;
         postcard::from_bytes(&reply.into_inner().payload)
             .map_err(|e| net_err(format!("decode: {e}")))

@@ -173,11 +173,7 @@ impl pb::raft_server::Raft for RaftService {
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         let rpc = self.decode(req)?;
-        let resp = self
-            .raft
-            .handle_transfer_leader(rpc)
-            .await
-            .map_err(raft_status)?;
+        let resp = self.raft.handle_transfer_leader(rpc).await.map_err(raft_status)?;
         reply(&resp)
     }
 
@@ -212,15 +208,8 @@ impl pb::raft_server::Raft for RaftService {
         tokio::task::block_in_place(|| file.sync_all())
             .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(%meta, bytes = total, "received snapshot");
-        let snapshot = openraft::storage::Snapshot {
-            meta,
-            snapshot: file,
-        };
-        let resp = self
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(raft_status)?;
+        let snapshot = openraft::storage::Snapshot { meta, snapshot: file };
+        let resp = self.raft.install_full_snapshot(vote, snapshot).await.map_err(raft_status)?;
         reply(&resp)
     }
 }
@@ -229,11 +218,7 @@ impl pb::raft_server::Raft for RaftService {
 fn tempfile_in(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     let name = format!(".recv-{}-{}", std::process::id(), rand::random::<u64>());
     let path = dir.join(name);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     std::fs::remove_file(&path)?;
     Ok(f)
 }

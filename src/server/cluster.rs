@@ -40,9 +40,7 @@ fn role(s: ServerState) -> pb::Role {
 /// already initialised).
 pub async fn initialize(core: &NodeCore, members: BTreeMap<u64, NodeInfo>) -> Result<bool, Error> {
     if members.is_empty() {
-        return Err(Error::InvalidArgument(
-            "initialize: members must not be empty".into(),
-        ));
+        return Err(Error::InvalidArgument("initialize: members must not be empty".into()));
     }
     if !members.contains_key(&core.id) {
         return Err(Error::InvalidArgument(format!(
@@ -68,12 +66,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let point = core.reader.applied().map_err(|e| to_status(e.into()))?;
         let (leader_id, leader_addr) = core.leader();
         let m = core.raft.metrics().borrow_watched().clone();
-        let initialized = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_some();
+        let initialized = m.membership_config.membership().voter_ids().next().is_some();
         Ok(Response::new(pb::StatusResponse {
             id: core.id,
             region: core.config.region.clone(),
@@ -81,10 +74,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             term: m.current_term,
             leader_id: leader_id.unwrap_or(0),
             leader_api_addr: leader_addr.unwrap_or_default(),
-            commit_index: m
-                .cluster_committed
-                .or(m.local_committed)
-                .map_or(0, |l| l.index),
+            commit_index: m.cluster_committed.or(m.local_committed).map_or(0, |l| l.index),
             applied_index: point.revision,
             last_hlc: Some(point.hlc.into()),
             initialized,
@@ -117,10 +107,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 voter: voters.contains(id),
             })
             .collect();
-        Ok(Response::new(pb::MembersResponse {
-            members,
-            leader_id: m.current_leader.unwrap_or(0),
-        }))
+        Ok(Response::new(pb::MembersResponse { members, leader_id: m.current_leader.unwrap_or(0) }))
     }
 
     async fn initialize(
@@ -134,11 +121,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                     "initialize: each member needs id >= 1, api_addr and raft_addr",
                 ));
             }
-            let info = NodeInfo {
-                api_addr: m.api_addr,
-                raft_addr: m.raft_addr,
-                region: m.region,
-            };
+            let info = NodeInfo { api_addr: m.api_addr, raft_addr: m.raft_addr, region: m.region };
             if members.insert(m.id, info).is_some() {
                 return Err(Status::invalid_argument(format!(
                     "initialize: member id {} listed twice",
@@ -184,7 +167,11 @@ fn member_info(m: &pb::Member) -> Result<NodeInfo, Status> {
     if m.id == 0 || m.api_addr.is_empty() || m.raft_addr.is_empty() {
         return Err(Status::invalid_argument("member needs id >= 1, api_addr and raft_addr"));
     }
-    Ok(NodeInfo { api_addr: m.api_addr.clone(), raft_addr: m.raft_addr.clone(), region: m.region.clone() })
+    Ok(NodeInfo {
+        api_addr: m.api_addr.clone(),
+        raft_addr: m.raft_addr.clone(),
+        region: m.region.clone(),
+    })
 }
 
 /// Map a membership-change failure to a node error.
@@ -205,8 +192,12 @@ fn write_error(core: &NodeCore, e: RaftError<TypeConfig, ClientWriteError<TypeCo
 
 impl ClusterService {
     /// AddLearner.
-    pub async fn add_learner_impl(&self, r: pb::AddLearnerRequest) -> Result<pb::AddLearnerResponse, Status> {
-        let m = r.member.ok_or_else(|| Status::invalid_argument("add_learner: member is required"))?;
+    pub async fn add_learner_impl(
+        &self,
+        r: pb::AddLearnerRequest,
+    ) -> Result<pb::AddLearnerResponse, Status> {
+        let m =
+            r.member.ok_or_else(|| Status::invalid_argument("add_learner: member is required"))?;
         let info = member_info(&m)?;
         let resp = self
             .core
@@ -244,15 +235,32 @@ impl ClusterService {
         if leader != Some(core.id) {
             return Err(to_status(Error::NotLeader { leader_id: leader, leader_api_addr: addr }));
         }
-        let is_voter = core.raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == r.to);
+        let is_voter = core
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == r.to);
         if !is_voter {
-            return Err(Status::invalid_argument(format!("transfer_leader: node {} is not a voter", r.to)));
+            return Err(Status::invalid_argument(format!(
+                "transfer_leader: node {} is not a voter",
+                r.to
+            )));
         }
-        core.raft.trigger().transfer_leader(r.to).await.map_err(|f| to_status(Error::Unavailable(f.to_string())))
+        core.raft
+            .trigger()
+            .transfer_leader(r.to)
+            .await
+            .map_err(|f| to_status(Error::Unavailable(f.to_string())))
     }
 
     /// SetClockOffset.
-    pub fn set_clock_offset_impl(&self, r: pb::SetClockOffsetRequest) -> Result<pb::SetClockOffsetResponse, Status> {
+    pub fn set_clock_offset_impl(
+        &self,
+        r: pb::SetClockOffsetRequest,
+    ) -> Result<pb::SetClockOffsetResponse, Status> {
         if !self.core.config.allow_fault_injection {
             return Err(Status::unimplemented(
                 "SetClockOffset is a fault-injection RPC: start the node with --allow-fault-injection",

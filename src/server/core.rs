@@ -66,7 +66,10 @@ impl NodeCore {
             if self.had_state {
                 // A restarted node briefly reports no membership while Raft loads its
                 // state: that is transient, not "never initialised".
-                return Err(Error::Unavailable(format!("node {} is still loading its state", self.id)));
+                return Err(Error::Unavailable(format!(
+                    "node {} is still loading its state",
+                    self.id
+                )));
             }
             return Err(Error::NotInitialized(format!(
                 "node {} has no cluster membership yet; run `meridian cluster up` or call Cluster.Initialize",
@@ -82,10 +85,7 @@ impl NodeCore {
         let m = m.borrow_watched();
         let id = m.current_leader;
         let addr = id.and_then(|l| {
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.api_addr.clone())
+            m.membership_config.membership().get_node(&l).map(|n| n.api_addr.clone())
         });
         (id, addr)
     }
@@ -94,10 +94,7 @@ impl NodeCore {
         let (known, addr) = self.leader();
         let leader_id = leader_id.or(known);
         let leader_api_addr = if leader_id == known { addr } else { None };
-        Error::NotLeader {
-            leader_id,
-            leader_api_addr,
-        }
+        Error::NotLeader { leader_id, leader_api_addr }
     }
 
     /// The response header for the state a response reflects.
@@ -127,18 +124,8 @@ impl NodeCore {
         deadline: Instant,
     ) -> Result<ApplyResult, Error> {
         self.ensure_initialized()?;
-        let source = Source {
-            node_id: self.id,
-            region: self.config.region.clone(),
-        };
-        let mut cmd = Command {
-            request_id,
-            saga_id,
-            trace_id,
-            hlc: self.hlc.now(),
-            source,
-            op,
-        };
+        let source = Source { node_id: self.id, region: self.config.region.clone() };
+        let mut cmd = Command { request_id, saga_id, trace_id, hlc: self.hlc.now(), source, op };
         loop {
             let res = tokio::time::timeout_at(deadline, self.raft.client_write(cmd.clone())).await;
             let res = res.map_err(|_| {
@@ -177,14 +164,21 @@ impl NodeCore {
     /// transport, then wait until this node has applied it (a follower read: the data
     /// is served locally, only the index crosses the network). If the leader cannot be
     /// asked, the caller gets NotLeader and forwards the whole read instead.
-    pub async fn read_barrier(&self, consistency: Consistency, deadline: Instant) -> Result<(), Error> {
+    pub async fn read_barrier(
+        &self,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         self.ensure_initialized()?;
         if consistency == Consistency::Serializable || self.config.unsafe_stale_reads {
             return Ok(());
         }
-        let local = tokio::time::timeout_at(deadline, self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex))
-            .await
-            .map_err(|_| Error::Timeout("could not confirm leadership before the deadline".into()))?;
+        let local = tokio::time::timeout_at(
+            deadline,
+            self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| Error::Timeout("could not confirm leadership before the deadline".into()))?;
         let lin = match local {
             Ok(l) => l,
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
@@ -193,12 +187,16 @@ impl NodeCore {
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
                 return Err(Error::Unavailable(format!("no quorum: {q}")))
             }
-            Err(RaftError::Fatal(f)) => return Err(Error::Unavailable(format!("raft stopped: {f}"))),
+            Err(RaftError::Fatal(f)) => {
+                return Err(Error::Unavailable(format!("raft stopped: {f}")))
+            }
         };
         let left = deadline.saturating_duration_since(Instant::now());
         match lin.try_await_ready(&self.raft, Some(left)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Error::Timeout("state machine did not reach the read index before the deadline".into())),
+            Ok(Err(_)) => Err(Error::Timeout(
+                "state machine did not reach the read index before the deadline".into(),
+            )),
             Err(f) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
         }
     }

@@ -50,7 +50,11 @@ pub fn is_serving(core: &NodeCore) -> bool {
 }
 
 /// Keep `reporter` up to date until `stop` turns true.
-pub async fn run(core: Arc<NodeCore>, reporter: HealthReporter, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    core: Arc<NodeCore>,
+    reporter: HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     reporter.set_service_status("meridian.v1.Cluster", ServingStatus::Serving).await;
     let mut metrics = core.raft.metrics();
     let mut last = None;

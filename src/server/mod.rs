@@ -75,16 +75,16 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
     cfg.validate()?;
     let store = Store::open(&cfg.data_dir, &cfg.cluster_name, cfg.id)?;
     let clock = Arc::new(SystemClock::new());
-    let hlc = Hlc::new(
-        cfg.id,
-        clock.clone(),
-        cfg.max_clock_offset(),
-        Timestamp::ZERO,
-    );
+    let hlc = Hlc::new(cfg.id, clock.clone(), cfg.max_clock_offset(), Timestamp::ZERO);
     let mut log_store = LogStore::open(&store)?;
     let had_state = {
         use openraft::storage::RaftLogStorage;
-        log_store.get_log_state().await.map_err(|e| StartError::Raft(e.to_string()))?.last_log_id.is_some()
+        log_store
+            .get_log_state()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
+            .last_log_id
+            .is_some()
     };
     let dedup = DedupLimits {
         window_ns: cfg.dedup_window_secs.saturating_mul(1_000_000_000),
@@ -104,10 +104,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
     let raft = MeridianRaft::new(cfg.id, rcfg, network.clone(), log_store, sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let limits = Limits {
-        max_key_bytes: cfg.max_key_bytes,
-        max_value_bytes: cfg.max_value_bytes,
-    };
+    let limits = Limits { max_key_bytes: cfg.max_key_bytes, max_value_bytes: cfg.max_value_bytes };
     let contact = Arc::new(crate::raft::service::LeaderContact::default());
     let core = NodeCore {
         id: cfg.id,
@@ -144,9 +141,7 @@ async fn bootstrap(core: &NodeCore) -> Result<(), StartError> {
             )
         })
         .collect();
-    let done = cluster::initialize(core, members)
-        .await
-        .map_err(StartError::Bootstrap)?;
+    let done = cluster::initialize(core, members).await.map_err(StartError::Bootstrap)?;
     if done {
         tracing::info!(members = cfg.peers.len(), "bootstrapped a new cluster");
     }
@@ -217,9 +212,9 @@ pub async fn run_node(
                 .max_decoding_message_size(api_max)
                 .max_encoding_message_size(api_max),
         )
-        .add_service(pb::cluster_server::ClusterServer::new(
-            cluster::ClusterService::new(core.clone()),
-        ))
+        .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(
+            core.clone(),
+        )))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

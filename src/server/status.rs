@@ -84,7 +84,8 @@ mod tests {
 
     #[test]
     fn not_leader_carries_hint_in_metadata_and_error_info() {
-        let s = to_status(Error::NotLeader { leader_id: Some(2), leader_api_addr: Some("h:1".into()) });
+        let s =
+            to_status(Error::NotLeader { leader_id: Some(2), leader_api_addr: Some("h:1".into()) });
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()), Some("h:1"));
         let info = s.get_details_error_info().expect("error info");

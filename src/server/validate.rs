@@ -107,11 +107,7 @@ pub fn put(l: &Limits, r: &pb::PutRequest) -> Result<Op, Error> {
     l.key("put", &r.key)?;
     l.value("put", &r.value)?;
     ids(&r.request_id, &r.saga_id)?;
-    Ok(Op::Put {
-        key: r.key.clone(),
-        value: r.value.clone(),
-        expected_version: r.expected_version,
-    })
+    Ok(Op::Put { key: r.key.clone(), value: r.value.clone(), expected_version: r.expected_version })
 }
 
 /// Validate a Delete.
@@ -121,10 +117,7 @@ pub fn delete(l: &Limits, r: &pb::DeleteRequest) -> Result<Op, Error> {
     if r.expected_version == Some(0) {
         return invalid("delete: expected_version 0 (absent) can never match an existing key; omit it or use >= 1");
     }
-    Ok(Op::Delete {
-        key: r.key.clone(),
-        expected_version: r.expected_version,
-    })
+    Ok(Op::Delete { key: r.key.clone(), expected_version: r.expected_version })
 }
 
 /// The smallest key greater than every key with `prefix`, or None when unbounded.
@@ -156,11 +149,8 @@ pub fn range(l: &Limits, r: &pb::RangeRequest) -> Result<RangeScan, Error> {
     if !r.prefix.is_empty() && has_bounds {
         return invalid("range: give either prefix or start/end, not both");
     }
-    for (what, k) in [
-        ("range start", &r.start),
-        ("range end", &r.end),
-        ("range prefix", &r.prefix),
-    ] {
+    for (what, k) in [("range start", &r.start), ("range end", &r.end), ("range prefix", &r.prefix)]
+    {
         if k.len() > l.max_key_bytes {
             return invalid(format!(
                 "{what} is {} bytes, over the key limit of {} bytes",
@@ -187,9 +177,7 @@ pub fn range(l: &Limits, r: &pb::RangeRequest) -> Result<RangeScan, Error> {
     let limit = match r.limit {
         0 => DEFAULT_RANGE_LIMIT,
         n if n > MAX_RANGE_LIMIT => {
-            return invalid(format!(
-                "range limit {n} is over the maximum of {MAX_RANGE_LIMIT}"
-            ))
+            return invalid(format!("range limit {n} is over the maximum of {MAX_RANGE_LIMIT}"))
         }
         n => n,
     };
@@ -202,11 +190,7 @@ pub fn range(l: &Limits, r: &pb::RangeRequest) -> Result<RangeScan, Error> {
         }
         t.clone()
     };
-    Ok(RangeScan {
-        start,
-        end,
-        limit: limit as usize,
-    })
+    Ok(RangeScan { start, end, limit: limit as usize })
 }
 
 fn compare(l: &Limits, c: &pb::Compare, i: usize) -> Result<Compare, Error> {
@@ -229,9 +213,7 @@ fn compare(l: &Limits, c: &pb::Compare, i: usize) -> Result<Compare, Error> {
         }
         (Ok(pb::CompareTarget::Exists), Some(Operand::Exists(e))) => {
             if !matches!(op, CompareOp::Equal | CompareOp::NotEqual) {
-                return invalid(format!(
-                    "{what}: EXISTS compares only with EQUAL or NOT_EQUAL"
-                ));
+                return invalid(format!("{what}: EXISTS compares only with EQUAL or NOT_EQUAL"));
             }
             CompareTarget::Exists(*e)
         }
@@ -240,17 +222,10 @@ fn compare(l: &Limits, c: &pb::Compare, i: usize) -> Result<Compare, Error> {
         }
         (Err(_), _) => return invalid(format!("{what}: unknown target value {}", c.target)),
         (Ok(t), _) => {
-            return invalid(format!(
-                "{what}: operand does not match target {}",
-                t.as_str_name()
-            ))
+            return invalid(format!("{what}: operand does not match target {}", t.as_str_name()))
         }
     };
-    Ok(Compare {
-        key: c.key.clone(),
-        op,
-        target,
-    })
+    Ok(Compare { key: c.key.clone(), op, target })
 }
 
 fn branch(l: &Limits, ops: &[pb::TxnOp], name: &str) -> Result<Vec<TxnOp>, Error> {
@@ -263,10 +238,7 @@ fn branch(l: &Limits, ops: &[pb::TxnOp], name: &str) -> Result<Vec<TxnOp>, Error
             Some(P::Put(p)) => {
                 l.key(&what, &p.key)?;
                 l.value(&what, &p.value)?;
-                TxnOp::Put {
-                    key: p.key.clone(),
-                    value: p.value.clone(),
-                }
+                TxnOp::Put { key: p.key.clone(), value: p.value.clone() }
             }
             Some(P::Delete(d)) => {
                 l.key(&what, &d.key)?;
@@ -301,12 +273,8 @@ pub fn txn(l: &Limits, r: &pb::TxnRequest) -> Result<Op, Error> {
             "txn: {n} compares and operations, over the limit of {MAX_TXN_OPS}"
         ));
     }
-    let compares = r
-        .compares
-        .iter()
-        .enumerate()
-        .map(|(i, c)| compare(l, c, i))
-        .collect::<Result<_, _>>()?;
+    let compares =
+        r.compares.iter().enumerate().map(|(i, c)| compare(l, c, i)).collect::<Result<_, _>>()?;
     Ok(Op::Txn {
         compares,
         success: branch(l, &r.success, "success")?,
@@ -318,10 +286,7 @@ pub fn txn(l: &Limits, r: &pb::TxnRequest) -> Result<Op, Error> {
 mod tests {
     use super::*;
 
-    const L: Limits = Limits {
-        max_key_bytes: 8,
-        max_value_bytes: 16,
-    };
+    const L: Limits = Limits { max_key_bytes: 8, max_value_bytes: 16 };
 
     fn expect_invalid<T: std::fmt::Debug>(r: Result<T, Error>, needle: &str) {
         match r {
@@ -333,26 +298,15 @@ mod tests {
     #[test]
     fn empty_and_oversized_keys_are_refused_with_the_limit() {
         expect_invalid(put(&L, &pb::PutRequest::default()), "must not be empty");
-        let r = pb::PutRequest {
-            key: vec![b'k'; 9],
-            ..Default::default()
-        };
+        let r = pb::PutRequest { key: vec![b'k'; 9], ..Default::default() };
         expect_invalid(put(&L, &r), "limit of 8 bytes");
-        let r = pb::PutRequest {
-            key: b"k".to_vec(),
-            value: vec![0; 17],
-            ..Default::default()
-        };
+        let r = pb::PutRequest { key: b"k".to_vec(), value: vec![0; 17], ..Default::default() };
         expect_invalid(put(&L, &r), "limit of 16 bytes");
     }
 
     #[test]
     fn inverted_range_is_refused() {
-        let r = pb::RangeRequest {
-            start: b"b".to_vec(),
-            end: b"a".to_vec(),
-            ..Default::default()
-        };
+        let r = pb::RangeRequest { start: b"b".to_vec(), end: b"a".to_vec(), ..Default::default() };
         expect_invalid(range(&L, &r), "less than end");
     }
 
@@ -373,12 +327,7 @@ mod tests {
     fn malformed_txns_are_refused() {
         expect_invalid(txn(&L, &pb::TxnRequest::default()), "empty");
         let bad_compare = pb::TxnRequest {
-            compares: vec![pb::Compare {
-                key: b"k".to_vec(),
-                target: 0,
-                op: 1,
-                operand: None,
-            }],
+            compares: vec![pb::Compare { key: b"k".to_vec(), target: 0, op: 1, operand: None }],
             ..Default::default()
         };
         expect_invalid(txn(&L, &bad_compare), "target is unspecified");
@@ -393,20 +342,12 @@ mod tests {
         };
         expect_invalid(txn(&L, &mismatched), "operand does not match");
         let put = |k: &str| pb::TxnOp {
-            op: Some(pb::txn_op::Op::Put(pb::TxnPut {
-                key: k.into(),
-                value: vec![],
-            })),
+            op: Some(pb::txn_op::Op::Put(pb::TxnPut { key: k.into(), value: vec![] })),
         };
-        let dup = pb::TxnRequest {
-            success: vec![put("a"), put("a")],
-            ..Default::default()
-        };
+        let dup = pb::TxnRequest { success: vec![put("a"), put("a")], ..Default::default() };
         expect_invalid(txn(&L, &dup), "written twice");
-        let empty_op = pb::TxnRequest {
-            success: vec![pb::TxnOp { op: None }],
-            ..Default::default()
-        };
+        let empty_op =
+            pb::TxnRequest { success: vec![pb::TxnOp { op: None }], ..Default::default() };
         expect_invalid(txn(&L, &empty_op), "no operation set");
         let many = pb::TxnRequest {
             success: (0..200)

@@ -43,15 +43,9 @@ pub fn apply_hlc(proposed: Timestamp, last_applied: Timestamp) -> Timestamp {
     let hlc = if proposed.is_after(&last_applied) {
         proposed
     } else {
-        Timestamp {
-            node: proposed.node,
-            ..floor
-        }
+        Timestamp { node: proposed.node, ..floor }
     };
-    debug_assert!(
-        hlc.is_after(&last_applied),
-        "apply hlc {hlc} not after {last_applied}"
-    );
+    debug_assert!(hlc.is_after(&last_applied), "apply hlc {hlc} not after {last_applied}");
     hlc
 }
 
@@ -98,10 +92,7 @@ impl<'a, V: StateView> Applier<'a, V> {
             source: self.cmd.source.clone(),
             status: self.status(),
         };
-        debug_assert!(
-            record.check().is_ok(),
-            "apply built a bad record: {record:?}"
-        );
+        debug_assert!(record.check().is_ok(), "apply built a bad record: {record:?}");
         self.record_change(key, current.as_ref(), Some(record.clone()));
         record
     }
@@ -132,18 +123,10 @@ impl<'a, V: StateView> Applier<'a, V> {
             Some(v) => current.as_ref().is_some_and(|c| c.version == v),
         };
         if !matches {
-            return Ok(Outcome::Put {
-                succeeded: false,
-                record: None,
-                current,
-            });
+            return Ok(Outcome::Put { succeeded: false, record: None, current });
         }
         let record = self.write(key, value, current);
-        Ok(Outcome::Put {
-            succeeded: true,
-            record: Some(record),
-            current: None,
-        })
+        Ok(Outcome::Put { succeeded: true, record: Some(record), current: None })
     }
 
     fn delete(&mut self, key: &[u8], expected: Option<u64>) -> Result<Outcome, StorageError> {
@@ -155,17 +138,9 @@ impl<'a, V: StateView> Applier<'a, V> {
         match current {
             Some(c) if matches => {
                 self.remove(key, &c);
-                Ok(Outcome::Delete {
-                    succeeded: true,
-                    record: Some(c),
-                    current: None,
-                })
+                Ok(Outcome::Delete { succeeded: true, record: Some(c), current: None })
             }
-            current => Ok(Outcome::Delete {
-                succeeded: false,
-                record: None,
-                current,
-            }),
+            current => Ok(Outcome::Delete { succeeded: false, record: None, current }),
         }
     }
 
@@ -196,29 +171,11 @@ pub fn apply_command<V: StateView>(
     cmd: &Command,
 ) -> Result<(ApplyResult, Vec<Change>), StorageError> {
     let hlc = apply_hlc(cmd.hlc, last_hlc);
-    let mut a = Applier {
-        view,
-        revision,
-        hlc,
-        cmd,
-        overlay: HashMap::new(),
-        changes: Vec::new(),
-    };
+    let mut a = Applier { view, revision, hlc, cmd, overlay: HashMap::new(), changes: Vec::new() };
     let outcome = match &cmd.op {
-        Op::Put {
-            key,
-            value,
-            expected_version,
-        } => a.put(key, value, *expected_version)?,
-        Op::Delete {
-            key,
-            expected_version,
-        } => a.delete(key, *expected_version)?,
-        Op::Txn {
-            compares,
-            success,
-            failure,
-        } => {
+        Op::Put { key, value, expected_version } => a.put(key, value, *expected_version)?,
+        Op::Delete { key, expected_version } => a.delete(key, *expected_version)?,
+        Op::Txn { compares, success, failure } => {
             let mut succeeded = true;
             for c in compares {
                 let current = a.read(&c.key)?;
@@ -236,15 +193,7 @@ pub fn apply_command<V: StateView>(
         }
     };
     let changes = a.changes;
-    Ok((
-        ApplyResult {
-            revision,
-            hlc,
-            outcome,
-            duplicate: false,
-        },
-        changes,
-    ))
+    Ok((ApplyResult { revision, hlc, outcome, duplicate: false }, changes))
 }
 
 #[cfg(test)]
@@ -268,15 +217,8 @@ mod tests {
                 request_id: String::new(),
                 saga_id: String::new(),
                 trace_id: String::new(),
-                hlc: Timestamp {
-                    wall_ns: 100,
-                    logical: 0,
-                    node: 1,
-                },
-                source: Source {
-                    node_id: 1,
-                    region: "r".into(),
-                },
+                hlc: Timestamp { wall_ns: 100, logical: 0, node: 1 },
+                source: Source { node_id: 1, region: "r".into() },
                 op,
             };
             let (res, changes) = apply_command(self, rev, last, &cmd).expect("apply");
@@ -291,11 +233,7 @@ mod tests {
     }
 
     fn put(k: &str, v: &str, e: Option<u64>) -> Op {
-        Op::Put {
-            key: k.into(),
-            value: v.into(),
-            expected_version: e,
-        }
+        Op::Put { key: k.into(), value: v.into(), expected_version: e }
     }
 
     #[test]
@@ -314,11 +252,7 @@ mod tests {
         m.run(1, Timestamp::ZERO, put("a", "1", None));
         let res = m.run(2, Timestamp::ZERO, put("a", "2", Some(7)));
         match res.outcome {
-            Outcome::Put {
-                succeeded: false,
-                current: Some(c),
-                ..
-            } => assert_eq!(c.version, 1),
+            Outcome::Put { succeeded: false, current: Some(c), .. } => assert_eq!(c.version, 1),
             o => panic!("unexpected {o:?}"),
         }
     }
@@ -328,27 +262,14 @@ mod tests {
         let mut m = Mem::default();
         m.run(1, Timestamp::ZERO, put("a", "1", Some(0)));
         let res = m.run(2, Timestamp::ZERO, put("a", "2", Some(0)));
-        assert!(matches!(
-            res.outcome,
-            Outcome::Put {
-                succeeded: false,
-                ..
-            }
-        ));
+        assert!(matches!(res.outcome, Outcome::Put { succeeded: false, .. }));
     }
 
     #[test]
     fn recreated_key_starts_again_at_version_one() {
         let mut m = Mem::default();
         m.run(1, Timestamp::ZERO, put("a", "1", None));
-        m.run(
-            2,
-            Timestamp::ZERO,
-            Op::Delete {
-                key: b"a".to_vec(),
-                expected_version: Some(1),
-            },
-        );
+        m.run(2, Timestamp::ZERO, Op::Delete { key: b"a".to_vec(), expected_version: Some(1) });
         m.run(3, Timestamp::ZERO, put("a", "x", None));
         let rec = m.0.get(b"a".as_slice()).expect("a");
         assert_eq!((rec.version, rec.create_revision), (1, 3));
@@ -364,18 +285,12 @@ mod tests {
                 op: CompareOp::Equal,
                 target: CompareTarget::Version(2),
             }],
-            success: vec![TxnOp::Put {
-                key: b"b".to_vec(),
-                value: b"s".to_vec(),
-            }],
+            success: vec![TxnOp::Put { key: b"b".to_vec(), value: b"s".to_vec() }],
             failure: vec![TxnOp::Get { key: b"a".to_vec() }],
         };
         let res = m.run(2, Timestamp::ZERO, op);
         match res.outcome {
-            Outcome::Txn {
-                succeeded: false,
-                results,
-            } => {
+            Outcome::Txn { succeeded: false, results } => {
                 assert_eq!(results.len(), 1);
                 assert_eq!(results[0].as_ref().map(|r| r.version), Some(1));
             }
@@ -386,19 +301,8 @@ mod tests {
 
     #[test]
     fn hlc_never_goes_back_even_if_the_proposal_is_older() {
-        let last = Timestamp {
-            wall_ns: 1_000,
-            logical: 4,
-            node: 2,
-        };
-        let got = apply_hlc(
-            Timestamp {
-                wall_ns: 10,
-                logical: 0,
-                node: 1,
-            },
-            last,
-        );
+        let last = Timestamp { wall_ns: 1_000, logical: 4, node: 2 };
+        let got = apply_hlc(Timestamp { wall_ns: 10, logical: 0, node: 1 }, last);
         assert_eq!((got.wall_ns, got.logical), (1_000, 5));
     }
 }

@@ -15,10 +15,12 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<TypeConfig>> {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<TypeConfig>>
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), "conformance", 1).expect("store");
-        let hlc = Hlc::new(1, Arc::new(SystemClock::new()), DEFAULT_MAX_CLOCK_OFFSET, Timestamp::ZERO);
+        let hlc =
+            Hlc::new(1, Arc::new(SystemClock::new()), DEFAULT_MAX_CLOCK_OFFSET, Timestamp::ZERO);
         let log = LogStore::open(&store).expect("log store");
         let limits = DedupLimits { window_ns: 60_000_000_000, max_entries: 1_000 };
         let sm = StateMachine::open(&store, hlc, limits).expect("state machine");

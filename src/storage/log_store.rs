@@ -41,9 +41,8 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 fn key_index(k: &[u8]) -> Result<u64, StorageError> {
-    let arr: [u8; 8] = k
-        .try_into()
-        .map_err(|_| StorageError::Corrupt(format!("log key of {} bytes", k.len())))?;
+    let arr: [u8; 8] =
+        k.try_into().map_err(|_| StorageError::Corrupt(format!("log key of {} bytes", k.len())))?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -214,10 +213,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // purge marker is synced before the deletions): they never count as the log end.
         let last = last.filter(|l| last_purged_log_id.as_ref().is_none_or(|p| l.index > p.index));
         let last_log_id = last.or_else(|| last_purged_log_id.clone());
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -225,21 +221,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.meta
-            .insert(VOTE_KEY, encode(vote)?)
-            .map_err(StorageError::from)?;
+        self.meta.insert(VOTE_KEY, encode(vote)?).map_err(StorageError::from)?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || store.sync()).await.map_err(io::Error::other)??;
         Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not synced: a lost `committed` only means re-learning it from the leader.
-        self.meta
-            .insert(COMMITTED_KEY, encode(&committed)?)
-            .map_err(StorageError::from)?;
+        self.meta.insert(COMMITTED_KEY, encode(&committed)?).map_err(StorageError::from)?;
         Ok(())
     }
 
@@ -261,10 +251,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(entry.log_id.index), encode(&entry)?);
         }
         self.log.apply_batch(batch).map_err(StorageError::from)?;
-        self.flush_tx
-            .send(callback)
-            .await
-            .map_err(|_| io::Error::other("log flusher stopped"))?;
+        self.flush_tx.send(callback).await.map_err(|_| io::Error::other("log flusher stopped"))?;
         Ok(())
     }
 
@@ -277,26 +264,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(StorageError::from)?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || store.sync()).await.map_err(io::Error::other)??;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         if let Some(prev) = self.last_purged()? {
-            debug_assert!(
-                prev.index <= log_id.index,
-                "purge went backwards: {prev} > {log_id}"
-            );
+            debug_assert!(prev.index <= log_id.index, "purge went backwards: {prev} > {log_id}");
         }
-        self.meta
-            .insert(PURGED_KEY, encode(&Some(log_id.clone()))?)
-            .map_err(StorageError::from)?;
+        self.meta.insert(PURGED_KEY, encode(&Some(log_id.clone()))?).map_err(StorageError::from)?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || store.sync()).await.map_err(io::Error::other)??;
         let mut batch = sled::Batch::default();
         for kv in self.log.range(..=index_key(log_id.index)) {
             let (k, _) = kv.map_err(StorageError::from)?;

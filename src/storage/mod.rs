@@ -119,20 +119,14 @@ impl Store {
             .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let store = Store {
-            db,
-            dir: dir.to_path_buf(),
-        };
+        let store = Store { db, dir: dir.to_path_buf() };
         store.check_identity(cluster_name, node_id)?;
         Ok(store)
     }
 
     fn check_identity(&self, cluster_name: &str, node_id: u64) -> Result<(), StorageError> {
         let meta = self.db.open_tree(META_TREE)?;
-        let want = Identity {
-            cluster_name: cluster_name.to_string(),
-            node_id,
-        };
+        let want = Identity { cluster_name: cluster_name.to_string(), node_id };
         match meta.get(IDENTITY_KEY)? {
             Some(b) => {
                 let found: Identity = decode(&b)?;

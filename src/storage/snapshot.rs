@@ -54,10 +54,7 @@ pub fn write_snapshot(
     let name = file_name(meta);
     let tmp = dir.join(format!("{name}.tmp"));
     let file = File::create(&tmp)?;
-    let mut w = HashingWriter {
-        inner: BufWriter::new(file),
-        hash: Xxh3::new(),
-    };
+    let mut w = HashingWriter { inner: BufWriter::new(file), hash: Xxh3::new() };
     w.write_all(MAGIC)?;
     let m = encode(meta)?;
     write_chunk(&mut w, &m)?;
@@ -70,9 +67,7 @@ pub fn write_snapshot(
     let digest = w.hash.digest();
     let mut inner = w.inner;
     inner.write_all(&digest.to_le_bytes())?;
-    let file = inner
-        .into_inner()
-        .map_err(|e| StorageError::Io(e.into_error()))?;
+    let file = inner.into_inner().map_err(|e| StorageError::Io(e.into_error()))?;
     file.sync_all()?;
     let path = dir.join(name);
     std::fs::rename(&tmp, &path)?;
@@ -100,21 +95,13 @@ pub struct SnapshotReader<R: Read> {
 impl<R: Read> SnapshotReader<R> {
     /// Open a snapshot and read its metadata.
     pub fn open(r: R) -> Result<(Self, SnapshotMeta), StorageError> {
-        let mut s = SnapshotReader {
-            inner: BufReader::new(r),
-            hash: Xxh3::new(),
-            done: false,
-        };
+        let mut s = SnapshotReader { inner: BufReader::new(r), hash: Xxh3::new(), done: false };
         let mut magic = [0u8; 8];
         s.read_exact(&mut magic)?;
         if &magic != MAGIC {
-            return Err(StorageError::Corrupt(
-                "not a meridian snapshot (bad magic)".into(),
-            ));
+            return Err(StorageError::Corrupt("not a meridian snapshot (bad magic)".into()));
         }
-        let meta_bytes = s
-            .read_chunk()?
-            .ok_or_else(|| StorageError::Corrupt("no meta".into()))?;
+        let meta_bytes = s.read_chunk()?.ok_or_else(|| StorageError::Corrupt("no meta".into()))?;
         let meta: SnapshotMeta = decode(&meta_bytes)?;
         Ok((s, meta))
     }
@@ -135,9 +122,7 @@ impl<R: Read> SnapshotReader<R> {
             return Ok(None);
         }
         if len > MAX_SNAPSHOT_ITEM_BYTES {
-            return Err(StorageError::Corrupt(format!(
-                "snapshot item of {len} bytes"
-            )));
+            return Err(StorageError::Corrupt(format!("snapshot item of {len} bytes")));
         }
         let mut buf = vec![0u8; len as usize];
         self.read_exact(&mut buf)?;
@@ -196,10 +181,7 @@ mod tests {
     #[test]
     fn flipped_byte_is_detected() {
         let dir = tempfile::tempdir().expect("tmp");
-        let pairs = vec![(
-            sled::IVec::from(b"k".to_vec()),
-            sled::IVec::from(b"value".to_vec()),
-        )];
+        let pairs = vec![(sled::IVec::from(b"k".to_vec()), sled::IVec::from(b"value".to_vec()))];
         let path = write_snapshot(dir.path(), &meta(), pairs.into_iter().map(Ok)).expect("write");
         let mut bytes = std::fs::read(&path).expect("read");
         let n = bytes.len();

@@ -126,8 +126,7 @@ fn read_record(tree: &sled::Tree, key: &[u8]) -> Result<Option<Record>, StorageE
     match tree.get(rec_key(key))? {
         Some(b) => {
             let r: Record = decode(&b)?;
-            r.check()
-                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            r.check().map_err(|e| StorageError::Corrupt(e.to_string()))?;
             Ok(Some(r))
         }
         None => Ok(None),
@@ -175,8 +174,7 @@ impl SmReader {
             }
             let (_, v) = kv?;
             let r: Record = decode(&v)?;
-            r.check()
-                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            r.check().map_err(|e| StorageError::Corrupt(e.to_string()))?;
             out.push(r);
         }
         Ok(out)
@@ -187,10 +185,7 @@ impl SmReader {
         let tree = self.shared.tree();
         let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
         let hlc: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
-        Ok(AppliedPoint {
-            revision: applied.map_or(0, |l| l.index),
-            hlc,
-        })
+        Ok(AppliedPoint { revision: applied.map_or(0, |l| l.index), hlc })
     }
 }
 
@@ -229,9 +224,7 @@ impl StateMachine {
         let tree = store.db().open_tree(&active)?;
         let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
         hlc.observe(last);
-        let shared = Arc::new(Shared {
-            tree: RwLock::new(tree),
-        });
+        let shared = Arc::new(Shared { tree: RwLock::new(tree) });
         Ok(Self {
             store: store.clone(),
             raft_meta,
@@ -245,9 +238,7 @@ impl StateMachine {
 
     /// A reader sharing this state machine's data.
     pub fn reader(&self) -> SmReader {
-        SmReader {
-            shared: self.shared.clone(),
-        }
+        SmReader { shared: self.shared.clone() }
     }
 
     /// Exactly-once table counters.
@@ -271,21 +262,13 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         batch.insert(APPLIED, encode(&Some(log_id.clone()))?);
         let result = match &entry.payload {
-            EntryPayload::Blank => ApplyResult {
-                revision,
-                hlc: last_hlc,
-                outcome: Outcome::None,
-                duplicate: false,
-            },
+            EntryPayload::Blank => {
+                ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
+            }
             EntryPayload::Membership(m) => {
                 let sm = StoredMembership::new(Some(log_id.clone()), m.clone());
                 batch.insert(MEMBERSHIP, encode(&sm)?);
-                ApplyResult {
-                    revision,
-                    hlc: last_hlc,
-                    outcome: Outcome::None,
-                    duplicate: false,
-                }
+                ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
             }
             EntryPayload::Normal(cmd) => {
                 let replay = if cmd.request_id.is_empty() {
@@ -296,10 +279,7 @@ impl StateMachine {
                 match replay {
                     Some(d) => {
                         self.dedup_stats.hits.fetch_add(1, Ordering::Relaxed);
-                        ApplyResult {
-                            duplicate: true,
-                            ..d.result
-                        }
+                        ApplyResult { duplicate: true, ..d.result }
                     }
                     None => {
                         let (result, changes) =
@@ -333,10 +313,7 @@ impl StateMachine {
         result: &ApplyResult,
     ) -> Result<(), StorageError> {
         let now = result.hlc.wall_ns;
-        let entry = DedupEntry {
-            wall_ns: now,
-            result: result.clone(),
-        };
+        let entry = DedupEntry { wall_ns: now, result: result.clone() };
         batch.insert(dedup_key(id), encode(&entry)?);
         batch.insert(expiry_key(now, id), &[][..]);
         let mut count: u64 = get_meta(tree, DEDUP_COUNT)?.unwrap_or(0) + 1;
@@ -363,11 +340,7 @@ impl StateMachine {
             batch.remove(dk);
             count -= 1;
             dropped += 1;
-            let stat = if full {
-                &self.dedup_stats.evicted
-            } else {
-                &self.dedup_stats.expired
-            };
+            let stat = if full { &self.dedup_stats.evicted } else { &self.dedup_stats.expired };
             stat.fetch_add(1, Ordering::Relaxed);
         }
         batch.insert(DEDUP_COUNT, encode(&count)?);
@@ -384,16 +357,12 @@ impl StateMachine {
         name: &str,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
         let file = std::fs::File::open(self.store.snapshot_dir().join(name))?;
-        Ok(openraft::storage::Snapshot {
-            meta,
-            snapshot: file,
-        })
+        Ok(openraft::storage::Snapshot { meta, snapshot: file })
     }
 
     /// Make `name` the current snapshot and delete older snapshot files.
     fn set_current_snapshot(&self, meta: &SnapshotMeta, name: &str) -> Result<(), StorageError> {
-        self.raft_meta
-            .insert(SNAPSHOT_KEY, encode(&(meta.clone(), name.to_string()))?)?;
+        self.raft_meta.insert(SNAPSHOT_KEY, encode(&(meta.clone(), name.to_string()))?)?;
         self.store.sync()?;
         if let Ok(dir) = std::fs::read_dir(self.store.snapshot_dir()) {
             for f in dir.flatten() {
@@ -415,11 +384,7 @@ impl StateMachine {
         let tree = self.shared.tree();
         let last_log_id: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
         let last_membership: StoredMembership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            ..Default::default()
-        };
+        let meta = SnapshotMeta { last_log_id, last_membership, ..Default::default() };
         let path = write_snapshot(&self.store.snapshot_dir(), &meta, tree.iter())?;
         let name = path
             .file_name()
@@ -591,7 +556,10 @@ mod tests {
             source: Source { node_id: 1, region: "r".into() },
             op: Op::Put { key: key.into(), value: b"v".to_vec(), expected_version: None },
         };
-        Entry { log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index), payload: EntryPayload::Normal(cmd) }
+        Entry {
+            log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index),
+            payload: EntryPayload::Normal(cmd),
+        }
     }
 
     struct Fixture {
@@ -604,7 +572,12 @@ mod tests {
         fn new(limits: DedupLimits) -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
             let store = Store::open(dir.path(), "t", 1).expect("store");
-            let hlc = Hlc::new(1, Arc::new(ManualClock::new(0)), DEFAULT_MAX_CLOCK_OFFSET, Timestamp::ZERO);
+            let hlc = Hlc::new(
+                1,
+                Arc::new(ManualClock::new(0)),
+                DEFAULT_MAX_CLOCK_OFFSET,
+                Timestamp::ZERO,
+            );
             let sm = StateMachine::open(&store, hlc, limits).expect("sm");
             Self { _dir: dir, sm, next: 1 }
         }

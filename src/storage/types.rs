@@ -22,21 +22,13 @@ pub struct NodeInfo {
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{{api={}, raft={}, region={}}}",
-            self.api_addr, self.raft_addr, self.region
-        )
+        write!(f, "{{api={}, raft={}, region={}}}", self.api_addr, self.raft_addr, self.region)
     }
 }
 
 impl fmt::Display for ApplyResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "applied(rev={}, hlc={}, dup={})",
-            self.revision, self.hlc, self.duplicate
-        )
+        write!(f, "applied(rev={}, hlc={}, dup={})", self.revision, self.hlc, self.duplicate)
     }
 }
 
