@@ -1,5 +1,6 @@
 //! State-machine apply benchmark: a batch of 1,000 Put entries applied to the sled
 //! state machine (including the exactly-once table), as a follower applies them.
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

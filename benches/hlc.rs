@@ -1,4 +1,5 @@
 //! HLC micro-benchmarks: `now()` (every proposal) and `update()` (every peer message).
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -7,6 +7,7 @@
 //!   applied everything it committed;
 //! - a follower or learner: it accepted an AppendEntries from the leader within the
 //!   max election timeout, and has applied the commit index that leader announced.
+//!
 //! Otherwise (partitioned away, catching up, electing, not initialised) NOT_SERVING.
 //! `meridian.v1.Cluster` is always SERVING: status must stay reachable.
 

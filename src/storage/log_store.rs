@@ -212,7 +212,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Entries at or below the purge point are garbage a crash left behind (the
         // purge marker is synced before the deletions): they never count as the log end.
         let last = last.filter(|l| last_purged_log_id.as_ref().is_none_or(|p| l.index > p.index));
-        let last_log_id = last.or_else(|| last_purged_log_id.clone());
+        let last_log_id = last.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -272,7 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(prev) = self.last_purged()? {
             debug_assert!(prev.index <= log_id.index, "purge went backwards: {prev} > {log_id}");
         }
-        self.meta.insert(PURGED_KEY, encode(&Some(log_id.clone()))?).map_err(StorageError::from)?;
+        self.meta.insert(PURGED_KEY, encode(&Some(log_id))?).map_err(StorageError::from)?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.sync()).await.map_err(io::Error::other)??;
         let mut batch = sled::Batch::default();

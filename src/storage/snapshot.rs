@@ -85,6 +85,9 @@ fn write_chunk<W: Write>(w: &mut W, b: &[u8]) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// One (key, value) pair of a snapshot.
+pub type SnapshotPair = (Vec<u8>, Vec<u8>);
+
 /// Streaming reader of a snapshot file; verifies the checksum at the end.
 pub struct SnapshotReader<R: Read> {
     inner: BufReader<R>,
@@ -130,7 +133,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next (key, value) pair, or None at the end (after verifying the checksum).
-    pub fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn next_pair(&mut self) -> Result<Option<SnapshotPair>, StorageError> {
         if self.done {
             return Ok(None);
         }

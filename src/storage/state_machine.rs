@@ -256,17 +256,17 @@ impl StateMachine {
         tree: &sled::Tree,
         entry: &Entry,
     ) -> Result<ApplyResult, StorageError> {
-        let log_id = entry.log_id.clone();
+        let log_id = entry.log_id;
         let revision = log_id.index;
         let last_hlc: Timestamp = get_meta(tree, LAST_HLC)?.unwrap_or_default();
         let mut batch = sled::Batch::default();
-        batch.insert(APPLIED, encode(&Some(log_id.clone()))?);
+        batch.insert(APPLIED, encode(&Some(log_id))?);
         let result = match &entry.payload {
             EntryPayload::Blank => {
                 ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
             }
             EntryPayload::Membership(m) => {
-                let sm = StoredMembership::new(Some(log_id.clone()), m.clone());
+                let sm = StoredMembership::new(Some(log_id), m.clone());
                 batch.insert(MEMBERSHIP, encode(&sm)?);
                 ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
             }
@@ -318,11 +318,7 @@ impl StateMachine {
         batch.insert(expiry_key(now, id), &[][..]);
         let mut count: u64 = get_meta(tree, DEDUP_COUNT)?.unwrap_or(0) + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
-        let mut dropped = 0;
-        for kv in tree.scan_prefix([EXPIRY]) {
-            if dropped >= DEDUP_EVICT_PER_APPLY {
-                break;
-            }
+        for kv in tree.scan_prefix([EXPIRY]).take(DEDUP_EVICT_PER_APPLY) {
             let (k, _) = kv?;
             let wall = k
                 .get(1..9)
@@ -339,7 +335,6 @@ impl StateMachine {
             dk.extend_from_slice(old_id);
             batch.remove(dk);
             count -= 1;
-            dropped += 1;
             let stat = if full { &self.dedup_stats.evicted } else { &self.dedup_stats.expired };
             stat.fetch_add(1, Ordering::Relaxed);
         }
@@ -384,7 +379,7 @@ impl StateMachine {
         let tree = self.shared.tree();
         let last_log_id: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
         let last_membership: StoredMembership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
-        let meta = SnapshotMeta { last_log_id, last_membership, ..Default::default() };
+        let meta = SnapshotMeta { last_log_id, last_membership };
         let path = write_snapshot(&self.store.snapshot_dir(), &meta, tree.iter())?;
         let name = path
             .file_name()
