@@ -93,7 +93,7 @@ impl Launcher {
                 return status.code();
             }
             assert!(Instant::now() < deadline, "cluster up did not exit within {EXIT_DEADLINE:?}");
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50)); // poll interval, deadline-bound
         }
     }
 }
@@ -152,7 +152,7 @@ fn assert_all_gone(pids: &[u32]) {
     let deadline = Instant::now() + EXIT_DEADLINE;
     while pids.iter().any(|p| signal::is_alive(*p)) {
         assert!(Instant::now() < deadline, "node processes still alive: {pids:?}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // poll interval, deadline-bound
     }
 }
 

@@ -73,7 +73,7 @@ where
         match call().await {
             Ok(resp) => return Ok(resp.into_inner()),
             Err(s) if retryable(&s) && Instant::now() < deadline => {
-                tokio::time::sleep(RETRY_INTERVAL).await;
+                tokio::time::sleep(RETRY_INTERVAL).await; // pause between retries, deadline-bound
             }
             Err(s) => return Err(s),
         }
