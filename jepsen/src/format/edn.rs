@@ -552,7 +552,9 @@ fn write_scalar(out: &mut String, v: Option<i64>) {
     }
 }
 
-fn write_string(out: &mut String, s: &str) {
+/// Append `s` as an EDN string literal (control characters other than \n, \r, \t
+/// become spaces so the output stays one event per line).
+pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -561,6 +563,7 @@ fn write_string(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push(' '),
             c => out.push(c),
         }
     }

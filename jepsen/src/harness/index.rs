@@ -9,22 +9,7 @@ use serde_json::Value as Json;
 
 use super::nemesis::Window;
 use super::plots::fault_colour;
-
-/// Escape text for HTML.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::report::escape;
 
 fn field(results: &Json, path: &[&str]) -> String {
     let mut v = results;

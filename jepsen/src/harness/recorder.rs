@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use serde_json::Value as Json;
 
+use crate::format::edn::write_string;
 use crate::history::{Event, EventType, Function, History, HistoryError, ProcessId, Value};
 
 /// Who produced an event.
@@ -196,7 +197,7 @@ pub fn to_edn(records: &[Record]) -> String {
         match &r.key {
             Some(k) => {
                 out.push('[');
-                edn_string(&mut out, k);
+                write_string(&mut out, k);
                 out.push(' ');
                 edn_value(&mut out, &r.value);
                 out.push(']');
@@ -209,27 +210,11 @@ pub fn to_edn(records: &[Record]) -> String {
         }
         if let Some(e) = &r.error {
             out.push_str(", :error ");
-            edn_string(&mut out, e);
+            write_string(&mut out, e);
         }
         out.push_str("}\n");
     }
     out
-}
-
-fn edn_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// A JSON value as EDN: objects become maps whose integer-like keys are integers and
@@ -239,7 +224,7 @@ fn edn_value(out: &mut String, json: &Json) {
         Json::Null => out.push_str("nil"),
         Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Json::Number(n) => out.push_str(&n.to_string()),
-        Json::String(s) => edn_string(out, s),
+        Json::String(s) => write_string(out, s),
         Json::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -262,7 +247,7 @@ fn edn_value(out: &mut String, json: &Json) {
                     out.push(':');
                     out.push_str(k);
                 } else {
-                    edn_string(out, k);
+                    write_string(out, k);
                 }
                 out.push(' ');
                 edn_value(out, v);
