@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/meridian/v1/kv.proto",
         "proto/meridian/v1/cluster.proto",
+        "proto/meridian/v1/binlog.proto",
         "proto/meridian/v1/raft.proto",
     ];
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

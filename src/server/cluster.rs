@@ -161,6 +161,13 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::SetClockOffsetResponse>, Status> {
         self.set_clock_offset_impl(req.into_inner()).map(Response::new)
     }
+
+    async fn corrupt_key(
+        &self,
+        _req: Request<pb::CorruptKeyRequest>,
+    ) -> Result<Response<pb::CorruptKeyResponse>, Status> {
+        Err(Status::unimplemented("CorruptKey is not implemented yet (issue #7)"))
+    }
 }
 
 fn member_info(m: &pb::Member) -> Result<NodeInfo, Status> {

@@ -362,6 +362,45 @@ impl pb::kv_server::Kv for KvService {
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         self.run(req, txn, |mut c, r| async move { c.txn(r).await }).await
     }
+
+    type WatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn watch(
+        &self,
+        _req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("Watch is not implemented yet (issue #7)"))
+    }
+
+    async fn open_saga(
+        &self,
+        _req: Request<pb::OpenSagaRequest>,
+    ) -> Result<Response<pb::OpenSagaResponse>, Status> {
+        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+    }
+
+    async fn commit_saga(
+        &self,
+        _req: Request<pb::CommitSagaRequest>,
+    ) -> Result<Response<pb::CommitSagaResponse>, Status> {
+        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+    }
+
+    async fn abort_saga(
+        &self,
+        _req: Request<pb::AbortSagaRequest>,
+    ) -> Result<Response<pb::AbortSagaResponse>, Status> {
+        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+    }
+
+    async fn get_saga(
+        &self,
+        _req: Request<pb::GetSagaRequest>,
+    ) -> Result<Response<pb::GetSagaResponse>, Status> {
+        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+    }
 }
 
 #[cfg(test)]
