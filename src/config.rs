@@ -112,6 +112,53 @@ impl Default for RaftConfig {
     }
 }
 
+/// Leader placement: which region the leader should live in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// Region the leader should be in. A leader elsewhere hands leadership to a healthy,
+    /// caught-up voter of this region; a leader in it never moves away on its own.
+    /// Every node of a cluster should carry the same value.
+    pub preferred_leader_region: Option<String>,
+    /// How often the leader checks its placement, ms.
+    pub check_interval_ms: u64,
+    /// A leader keeps leadership at least this long before it hands it over, ms (damps
+    /// back-and-forth moves right after an election).
+    pub min_leader_tenure_ms: u64,
+    /// A transfer target must have acknowledged the leader within this many ms.
+    pub max_target_silence_ms: u64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            preferred_leader_region: None,
+            check_interval_ms: 500,
+            min_leader_tenure_ms: 3_000,
+            max_target_silence_ms: 1_000,
+        }
+    }
+}
+
+/// Read-path settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadsConfig {
+    /// How often a node obtains a fresh read index from the leader to prove how stale
+    /// its state is at most (bounded-staleness reads), ms; 0 turns the proofs off, so
+    /// bounded-staleness reads take the linearizable path.
+    pub freshness_interval_ms: u64,
+}
+
+impl Default for ReadsConfig {
+    fn default() -> Self {
+        Self { freshness_interval_ms: 100 }
+    }
+}
+
+/// Largest placement/freshness interval, ms.
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+
 /// Configuration of one Meridian node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +201,10 @@ pub struct NodeConfig {
     pub allow_fault_injection: bool,
     /// TEST ONLY: serve LINEARIZABLE reads locally without a read index (unsafe).
     pub unsafe_stale_reads: bool,
+    /// Leader placement (preferred region).
+    pub placement: PlacementConfig,
+    /// Read path: freshness proofs for bounded-staleness reads.
+    pub reads: ReadsConfig,
     /// Log format: "text" or "json".
     pub log_format: String,
     /// Raft settings.
@@ -186,6 +237,8 @@ impl Default for NodeConfig {
             default_request_timeout_ms: 10_000,
             allow_fault_injection: false,
             unsafe_stale_reads: false,
+            placement: PlacementConfig::default(),
+            reads: ReadsConfig::default(),
             log_format: "text".to_string(),
             raft: RaftConfig::default(),
         }
@@ -286,6 +339,22 @@ impl NodeConfig {
         }
         if r.snapshot_chunk_bytes < 1024 || r.snapshot_chunk_bytes > 4 * 1024 * 1024 {
             return bad("raft.snapshot_chunk_bytes must be 1 KiB..=4 MiB".into());
+        }
+        let p = &self.placement;
+        if p.preferred_leader_region.as_ref().is_some_and(|r| r.is_empty() || r.len() > 64) {
+            return bad("placement.preferred_leader_region must be 1..=64 bytes".into());
+        }
+        for (name, v) in [
+            ("placement.check_interval_ms", p.check_interval_ms),
+            ("placement.min_leader_tenure_ms", p.min_leader_tenure_ms),
+            ("placement.max_target_silence_ms", p.max_target_silence_ms),
+        ] {
+            if v == 0 || v > MAX_INTERVAL_MS {
+                return bad(format!("{name} must be 1..={MAX_INTERVAL_MS}"));
+            }
+        }
+        if self.reads.freshness_interval_ms > MAX_INTERVAL_MS {
+            return bad(format!("reads.freshness_interval_ms must be 0..={MAX_INTERVAL_MS}"));
         }
         if self.dedup_max_entries == 0 || self.dedup_window_secs == 0 {
             return bad("dedup_window_secs and dedup_max_entries must be >= 1".into());

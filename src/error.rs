@@ -21,6 +21,9 @@ pub enum Error {
         /// Leader API address, if known.
         leader_api_addr: Option<String>,
     },
+    /// This node was removed from the cluster's membership: use another node.
+    #[error("node removed from the cluster: {0}")]
+    Removed(String),
     /// No quorum, or shutting down: retry later, elsewhere.
     #[error("unavailable: {0}")]
     Unavailable(String),

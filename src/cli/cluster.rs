@@ -341,6 +341,15 @@ fn record(
         launcher_pid: std::process::id(),
         nodes,
         proxy_control: control.map(|a| a.to_string()),
+        region_endpoints: cluster
+            .network()
+            .map(|net| {
+                net.region_client_addrs()
+                    .iter()
+                    .map(|(r, m)| (r.clone(), m.values().map(|a| a.to_string()).collect()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -360,6 +369,13 @@ fn print_up(cluster: &LocalCluster, state: &ClusterState, leader: u64) {
     }
     let all: Vec<String> = endpoints.values().cloned().collect();
     println!("endpoints: {}", all.join(","));
+    for (region, eps) in &state.region_endpoints {
+        println!(
+            "clients in {region}: {} (`meridian kv --region {region} --data-dir {} ...`)",
+            eps.join(","),
+            cluster.data_root().display()
+        );
+    }
     println!("leader: node-{leader}");
     if let Some(control) = &state.proxy_control {
         let links = cluster.network().map_or(0, |n| n.links().len());

@@ -45,6 +45,19 @@ pub struct KvArgs {
     /// Client configuration file (TOML; see examples/client.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The client's region: reads any replica may serve go to that region's nodes
+    /// first. Against a local cluster with emulated regions, the client also reaches
+    /// every node through that region's links (found in <data-dir>/cluster.json).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Data root of a local cluster, where --region finds the region's client links
+    /// [default: ./data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Serve linearizable reads through the nearest replica (a follower read: the
+    /// leader only hands out a read index; the data is read locally).
+    #[arg(long, global = true)]
+    pub follower_reads: bool,
     /// The operation.
     #[command(subcommand)]
     pub command: KvCommand,
@@ -199,6 +212,39 @@ pub(crate) fn client_config(
     Ok(config)
 }
 
+/// Pin `config` to `region`: set the client's region and, when no endpoints were given
+/// on the command line and the local cluster under `data_dir` has client links for
+/// that region, use them. A local cluster with region links but not this region is a
+/// usage error (exit 2) naming the regions it has.
+pub(crate) fn pin_region(
+    config: &mut ClientConfig,
+    region: Option<&str>,
+    data_dir: Option<&Path>,
+    explicit_endpoints: bool,
+) -> CliResult {
+    let Some(region) = region else { return Ok(()) };
+    config.region = Some(region.to_string());
+    if !explicit_endpoints {
+        let root = data_dir.unwrap_or(Path::new(crate::cluster::manifest::DEFAULT_DATA_DIR));
+        let state = crate::cluster::state::ClusterState::read(root).map_err(CliError::bad_input)?;
+        if let Some(state) = state.filter(|s| !s.region_endpoints.is_empty()) {
+            match state.region_endpoints.get(region) {
+                Some(eps) => config.endpoints = eps.clone(),
+                None => {
+                    let known: Vec<&str> =
+                        state.region_endpoints.keys().map(String::as_str).collect();
+                    return Err(CliError::bad_input(anyhow!(
+                        "the cluster under {} has no region {region:?} (regions: {})",
+                        root.display(),
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    config.validate().map_err(CliError::bad_input)
+}
+
 /// Map a client error to an exit code: 2 for bad input, 1 for everything else.
 pub(crate) fn client_error(e: ClientError) -> CliError {
     use tonic::Code;
@@ -212,7 +258,10 @@ pub(crate) fn client_error(e: ClientError) -> CliError {
 
 /// Run `meridian kv`.
 pub fn run(args: KvArgs) -> CliResult {
-    let config = client_config(&args.endpoints, args.config.as_deref(), args.timeout)?;
+    let mut config = client_config(&args.endpoints, args.config.as_deref(), args.timeout)?;
+    let explicit = args.endpoints.iter().any(|e| !e.trim().is_empty());
+    pin_region(&mut config, args.region.as_deref(), args.data_dir.as_deref(), explicit)?;
+    config.follower_reads |= args.follower_reads;
     let client = Client::connect(config).map_err(CliError::bad_input)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

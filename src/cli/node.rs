@@ -51,6 +51,10 @@ pub struct NodeArgs {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Region the leader should live in (the leader moves there when a healthy voter
+    /// of that region exists).
+    #[arg(long, value_name = "REGION")]
+    pub preferred_leader_region: Option<String>,
 }
 
 /// Parse `ID=API/RAFT[@REGION]`.
@@ -98,6 +102,9 @@ impl NodeArgs {
         c.unsafe_stale_reads |= self.unsafe_stale_reads;
         if let Some(v) = self.log_format {
             c.log_format = v;
+        }
+        if let Some(v) = self.preferred_leader_region {
+            c.placement.preferred_leader_region = Some(v);
         }
         c.validate()?;
         Ok(c)

@@ -98,6 +98,10 @@ impl Client {
             Duration::from_millis(retry_cfg.max_backoff_ms),
             self.next_jitter_seed(),
         );
+        if spec.route == Route::Nearest && inner.endpoints.probe_due(started) {
+            let probe_budget = budget.min(crate::client::PROBE_TIMEOUT);
+            let _ = tokio::time::timeout(probe_budget, self.probe()).await;
+        }
         let mut attempts = 0u32;
         let mut may_have_applied = false;
         let mut last = Failure::default();

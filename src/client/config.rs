@@ -8,7 +8,8 @@
 //! node's `MERIDIAN_*` settings, except the shared `MERIDIAN_ENDPOINTS`):
 //! `MERIDIAN_ENDPOINTS` (comma-separated host:port), `MERIDIAN_CLIENT_CONNECT_TIMEOUT_MS`,
 //! `MERIDIAN_CLIENT_REQUEST_TIMEOUT_MS`, `MERIDIAN_CLIENT_MAX_ATTEMPTS`,
-//! `MERIDIAN_CLIENT_MAX_ELAPSED_MS`, `MERIDIAN_CLIENT_REGION`.
+//! `MERIDIAN_CLIENT_MAX_ELAPSED_MS`, `MERIDIAN_CLIENT_REGION`,
+//! `MERIDIAN_CLIENT_FOLLOWER_READS`.
 //!
 //! Timeouts: `request_timeout_ms` bounds one attempt (it is sent as the gRPC deadline);
 //! `retry.max_elapsed_ms` bounds a whole logical call, retries and backoff included.
@@ -106,8 +107,13 @@ pub struct ClientConfig {
     pub keepalive_interval_ms: u64,
     /// Time to wait for a keepalive ack before the connection is considered dead, ms.
     pub keepalive_timeout_ms: u64,
-    /// Region label of this client (reserved for region-aware routing).
+    /// Region label of this client: reads that any replica may serve go to endpoints of
+    /// this region first (then the lowest round-trip time).
     pub region: Option<String>,
+    /// Send linearizable reads to the nearest replica, which obtains a read index from
+    /// the leader and serves the data locally (a follower read), instead of to the
+    /// leader. Same guarantee; the data does not cross regions, only the index.
+    pub follower_reads: bool,
     /// Retry policy.
     pub retry: RetryConfig,
     /// Circuit breaker policy.
@@ -123,6 +129,7 @@ impl Default for ClientConfig {
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 5_000,
             region: None,
+            follower_reads: false,
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
         }
@@ -199,6 +206,9 @@ impl ClientConfig {
         }
         if let Some(v) = get("MERIDIAN_CLIENT_REGION") {
             self.region = Some(v);
+        }
+        if let Some(v) = get("MERIDIAN_CLIENT_FOLLOWER_READS") {
+            self.follower_reads = parse_env("MERIDIAN_CLIENT_FOLLOWER_READS", &v)?;
         }
         Ok(())
     }

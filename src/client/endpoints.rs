@@ -8,8 +8,16 @@
 //! - A channel is created on first use (inside the runtime) with
 //!   `Endpoint::connect_lazy`, then reused; tonic reconnects it after failures.
 //! - Locks are std locks held for a few instructions, never across an await.
+//!
+//! Region-aware routing: a probe (Cluster.Status on every endpoint, see
+//! [`Client::probe`](super::Client::probe)) tags each endpoint with the node behind
+//! it (id, region, advertised API address) and its round-trip time. Reads that may be
+//! served by any replica ([`Route::Nearest`]) go to the endpoints of the client's own
+//! region first, then by round-trip time; a leader hint naming a node's advertised
+//! address is mapped to the endpoint that reaches that node, so a client that reaches
+//! nodes through other addresses (proxies, NAT) keeps using its own.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -19,6 +27,10 @@ use tonic::transport::{Channel, Endpoint};
 use super::breaker::{Breaker, BreakerState};
 use super::config::{ClientConfig, MAX_ENDPOINTS};
 use super::error::ClientError;
+
+/// How long probe results (node tags, round-trip times) are trusted before the next
+/// nearest-replica read probes again.
+pub const PROBE_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest endpoint address accepted, bytes.
 pub const MAX_ENDPOINT_BYTES: usize = 256;
@@ -60,6 +72,17 @@ pub struct EndpointInfo {
     pub is_leader: bool,
 }
 
+/// The node behind an endpoint, as its Cluster.Status reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeTag {
+    /// Node id.
+    pub id: u64,
+    /// The node's region label.
+    pub region: String,
+    /// The API address the node advertises (what leader hints name).
+    pub api_addr: String,
+}
+
 /// One endpoint: address, lazily created channel, breaker.
 #[derive(Debug)]
 pub struct EndpointState {
@@ -69,6 +92,9 @@ pub struct EndpointState {
     channel: OnceLock<Channel>,
     /// This endpoint's circuit breaker.
     pub breaker: Breaker,
+    tag: RwLock<Option<NodeTag>>,
+    /// Round-trip time of the last probe, µs; 0 = never measured.
+    rtt_us: AtomicU64,
 }
 
 impl EndpointState {
@@ -87,7 +113,29 @@ impl EndpointState {
             endpoint,
             channel: OnceLock::new(),
             breaker: Breaker::new(&config.breaker, now),
+            tag: RwLock::new(None),
+            rtt_us: AtomicU64::new(0),
         })
+    }
+
+    /// The node behind this endpoint, once probed.
+    pub fn tag(&self) -> Option<NodeTag> {
+        self.tag.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Record what a probe learned: the node and the round-trip time.
+    pub fn set_probe(&self, tag: NodeTag, rtt: std::time::Duration) {
+        *self.tag.write().unwrap_or_else(|e| e.into_inner()) = Some(tag);
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.rtt_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Round-trip time of the last probe, if measured.
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 
     /// The shared channel, created on first use. Must be called inside a tokio runtime.
@@ -102,8 +150,12 @@ pub enum Route {
     /// Prefer the last known leader, else the sticky preferred endpoint (writes and
     /// linearizable reads: saves the follower's forwarding hop).
     Leader,
-    /// Spread over all endpoints round-robin (serializable and bounded reads).
+    /// Spread over all endpoints round-robin.
     Any,
+    /// The nearest replica: the client's region first, then by round-trip time
+    /// (serializable and bounded-staleness reads; follower linearizable reads). Falls
+    /// back to round-robin order for endpoints never probed.
+    Nearest,
 }
 
 /// All endpoints of one client.
@@ -114,6 +166,7 @@ pub struct EndpointSet {
     preferred: AtomicUsize,
     round_robin: AtomicUsize,
     config: ClientConfig,
+    probed_at: RwLock<Option<Instant>>,
 }
 
 impl EndpointSet {
@@ -131,11 +184,43 @@ impl EndpointSet {
             preferred: AtomicUsize::new(0),
             round_robin: AtomicUsize::new(0),
             config: config.clone(),
+            probed_at: RwLock::new(None),
         })
     }
 
-    fn all(&self) -> Vec<Arc<EndpointState>> {
+    /// Every endpoint, in configuration order.
+    pub fn all(&self) -> Vec<Arc<EndpointState>> {
         self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether a probe is due: never probed, or the last one is older than
+    /// [`PROBE_REFRESH`].
+    pub fn probe_due(&self, now: Instant) -> bool {
+        self.probed_at
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|t| now.saturating_duration_since(t) >= PROBE_REFRESH)
+    }
+
+    /// Note that a probe ran at `now`.
+    pub fn mark_probed(&self, now: Instant) {
+        *self.probed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(now);
+    }
+
+    /// Endpoints nearest first: the client's region, then by probed round-trip time;
+    /// unprobed endpoints last, in `start`-rotated order (round-robin among them).
+    fn nearest(&self, start: usize) -> Vec<Arc<EndpointState>> {
+        let all = self.all();
+        let n = all.len().max(1);
+        let mut order: Vec<(usize, Arc<EndpointState>)> =
+            all.into_iter().enumerate().map(|(i, e)| ((i + n - start % n) % n, e)).collect();
+        let region = self.config.region.as_deref();
+        order.sort_by_key(|(rotated, e)| {
+            let same_region = e.tag().is_some_and(|t| Some(t.region.as_str()) == region);
+            let rtt = e.rtt().map_or(u128::MAX, |d| d.as_micros());
+            (!same_region, rtt, *rotated)
+        });
+        order.into_iter().map(|(_, e)| e).collect()
     }
 
     /// The last known leader.
@@ -171,7 +256,14 @@ impl EndpointSet {
     /// Follow a leader hint: remember it as the leader and return it, unless it is
     /// unusable (malformed, set full) or is `from` itself (a stale hint).
     pub fn redirect(&self, hint: &str, from: &str, now: Instant) -> Option<Arc<EndpointState>> {
-        let target = self.get_or_add(hint, now)?;
+        let hint_addr = normalize_endpoint(hint).ok()?;
+        let tagged = self.all().into_iter().find(|e| {
+            e.tag().is_some_and(|t| normalize_endpoint(&t.api_addr).ok() == Some(hint_addr.clone()))
+        });
+        let target = match tagged {
+            Some(e) => e,
+            None => self.get_or_add(hint, now)?,
+        };
         if target.addr == from {
             return None;
         }
@@ -189,15 +281,22 @@ impl EndpointSet {
                 }
             }
         }
-        let all = self.all();
+        let start = match route {
+            Route::Leader => self.preferred.load(Ordering::Relaxed),
+            Route::Any | Route::Nearest => self.round_robin.fetch_add(1, Ordering::Relaxed),
+        };
+        let all = match route {
+            Route::Nearest => self.nearest(start),
+            Route::Leader | Route::Any => {
+                let all = self.all();
+                let n = all.len().max(1);
+                (0..all.len()).map(|i| all[(start + i) % n].clone()).collect()
+            }
+        };
         if all.is_empty() {
             return None;
         }
-        let start = match route {
-            Route::Leader => self.preferred.load(Ordering::Relaxed),
-            Route::Any => self.round_robin.fetch_add(1, Ordering::Relaxed),
-        };
-        let in_order = || (0..all.len()).map(|i| &all[(start + i) % all.len()]);
+        let in_order = || all.iter();
         in_order()
             .filter(|e| !avoid.contains(&e.addr))
             .find(|e| e.breaker.try_acquire(now))
@@ -291,6 +390,36 @@ mod tests {
         let picked: Vec<String> =
             (0..3).map(|_| s.pick(Route::Any, now, &[]).expect("some").addr.clone()).collect();
         assert_eq!(picked, vec!["a:1", "b:1", "c:1"]);
+    }
+
+    #[test]
+    fn nearest_prefers_own_region_then_lowest_rtt_and_hints_map_to_tagged_endpoints() {
+        let mut config = ClientConfig::with_endpoints(["a:1", "b:1", "c:1", "d:1"]);
+        config.region = Some("eu".into());
+        let s = EndpointSet::new(&config, Instant::now()).expect("valid");
+        let now = Instant::now();
+        let tag = |addr: &str, id: u64, region: &str, rtt_ms: u64| {
+            s.get(addr).expect(addr).set_probe(
+                NodeTag { id, region: region.into(), api_addr: format!("10.0.0.{id}:7001") },
+                std::time::Duration::from_millis(rtt_ms),
+            );
+        };
+        tag("a:1", 1, "us", 5);
+        tag("b:1", 2, "eu", 90);
+        tag("c:1", 3, "ap", 50);
+        // d:1 never probed: last.
+        for _ in 0..4 {
+            assert_eq!(s.pick(Route::Nearest, now, &[]).expect("some").addr, "b:1");
+        }
+        let avoid = vec!["b:1".to_string()];
+        assert_eq!(s.pick(Route::Nearest, now, &avoid).expect("some").addr, "a:1");
+        let leader = s.redirect("10.0.0.3:7001", "a:1", now).expect("mapped");
+        assert_eq!(leader.addr, "c:1", "a hint naming node 3's address maps to its endpoint");
+        assert_eq!(s.info().len(), 4, "no endpoint added for a known node");
+        assert!(s.probe_due(now));
+        s.mark_probed(now);
+        assert!(!s.probe_due(now));
+        assert!(s.probe_due(now + PROBE_REFRESH));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Largest request the client encodes, bytes (the largest configurable value plus
 /// headroom for the key and envelope).
 pub const MAX_REQUEST_BYTES: usize = 17 * 1024 * 1024;
+/// Deadline of one endpoint probe (Cluster.Status) for nearest-replica routing.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Records per Range page the server accepts at most.
 pub const MAX_RANGE_PAGE: u32 = 10_000;
 /// Records per Range page used by [`Client::range_all`] when the options set none.
@@ -132,10 +134,10 @@ fn resolve_consistency(
             if ms == 0 {
                 return bad("max_staleness must be at least 1 ms");
             }
-            Ok((consistency, ms, Route::Any))
+            Ok((consistency, ms, Route::Nearest))
         }
         (_, Some(_)) => bad("max_staleness only applies to bounded-staleness reads"),
-        (Consistency::Serializable, None) => Ok((consistency, 0, Route::Any)),
+        (Consistency::Serializable, None) => Ok((consistency, 0, Route::Nearest)),
         (Consistency::Linearizable | Consistency::Unspecified, None) => {
             Ok((Consistency::Linearizable, 0, Route::Leader))
         }
@@ -417,6 +419,7 @@ impl Client {
         options: ReadOptions,
     ) -> Result<pb::GetResponse, ClientError> {
         let (consistency, max_staleness_ms, route) = options.resolve()?;
+        let route = self.read_route(route);
         let req =
             pb::GetRequest { key: key.into(), consistency: consistency as i32, max_staleness_ms };
         self.execute(CallSpec::read("get", route, options.timeout), |ep, deadline| {
@@ -497,6 +500,7 @@ impl Client {
     pub async fn range(&self, options: RangeOptions) -> Result<pb::RangeResponse, ClientError> {
         let (consistency, max_staleness_ms, route) =
             resolve_consistency(options.consistency, options.max_staleness)?;
+        let route = self.read_route(route);
         let has_bounds = !options.start.is_empty() || !options.end.is_empty();
         if !options.prefix.is_empty() && has_bounds {
             return Err(ClientError::InvalidRequest(
@@ -602,6 +606,40 @@ impl Client {
             }
             .into()
         })
+    }
+
+    /// Linearizable reads go to the nearest replica when follower reads are on.
+    fn read_route(&self, route: Route) -> Route {
+        if route == Route::Leader && self.inner.config.follower_reads {
+            Route::Nearest
+        } else {
+            route
+        }
+    }
+
+    /// Ask every endpoint for its Cluster.Status (concurrently, each bounded by
+    /// [`PROBE_TIMEOUT`]) and tag it with the node behind it and the round-trip time,
+    /// for nearest-replica routing and leader-hint mapping. Unreachable endpoints stay
+    /// untagged. Returns how many endpoints answered.
+    pub async fn probe(&self) -> usize {
+        let endpoints = self.inner.endpoints.all();
+        let probes = endpoints.iter().map(|ep| async move {
+            let started = std::time::Instant::now();
+            let req = request(pb::StatusRequest {}, PROBE_TIMEOUT);
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, cluster(ep).status(req)).await;
+            match answer {
+                Ok(Ok(resp)) => {
+                    let s = resp.into_inner();
+                    let tag = endpoints::NodeTag { id: s.id, region: s.region, api_addr: s.api_addr };
+                    ep.set_probe(tag, started.elapsed());
+                    true
+                }
+                _ => false,
+            }
+        });
+        let answered = futures::future::join_all(probes).await.into_iter().filter(|ok| *ok).count();
+        self.inner.endpoints.mark_probed(self.inner.clock.now());
+        answered
     }
 
     /// The cluster membership, from any endpoint.

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! name = "meridian"            # cluster name, passed to every node
+//! preferred_leader_region = "us-east"   # optional; the leader moves to this region
 //! data_dir = "./data"          # data root (default ./data), relative to the cwd
 //! # binary = "target/release/meridian"   # optional; default: the running binary
 //!
@@ -14,6 +15,12 @@
 //! client_proxy = false         # also a client-side link per node (client:N)
 //! latency_ms = 0               # initial latency on every node-to-node link
 //! jitter_ms = 0
+//!
+//! [[network.region_latency]]   # distance between two regions (needs proxy = true)
+//! between = ["us-east", "eu-west"]
+//! latency_ms = 40              # one way, on every link between nodes of the two
+//!                              # regions, and on client links of one region to nodes
+//!                              # of the other; kept by `cluster fault heal`
 //!
 //! [[node]]
 //! id = 1
@@ -28,9 +35,11 @@
 //! raft address is distinct; each node's generated [`NodeConfig`] passes
 //! [`NodeConfig::validate`] (so Raft timing mistakes are caught before any process
 //! starts); `[network]` options other than `proxy` need `proxy = true`, and latency and
-//! jitter are at most [`MAX_LINK_LATENCY_MS`]. The first node listed is the bootstrap node.
+//! jitter are at most [`MAX_LINK_LATENCY_MS`]; a region latency names two distinct
+//! regions that nodes use, and each pair at most once. The first node listed is the
+//! bootstrap node.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -91,6 +100,19 @@ pub struct NetworkConfig {
     pub latency_ms: u64,
     /// Initial uniform jitter on every node-to-node link, ms.
     pub jitter_ms: u64,
+    /// One-way latency between pairs of regions (base latency of their links).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub region_latency: Vec<RegionLatency>,
+}
+
+/// `[[network.region_latency]]`: the distance between two regions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionLatency {
+    /// The two regions (distinct; order does not matter).
+    pub between: [String; 2],
+    /// One-way latency in each direction, ms (at most [`MAX_LINK_LATENCY_MS`]).
+    pub latency_ms: u64,
 }
 
 impl NetworkConfig {
@@ -108,7 +130,47 @@ impl NetworkConfig {
                 "[network] latency_ms and jitter_ms must be at most {MAX_LINK_LATENCY_MS}"
             ));
         }
+        if !self.proxy && !self.region_latency.is_empty() {
+            return Err("[[network.region_latency]] needs proxy = true".into());
+        }
+        let mut pairs = HashSet::new();
+        for r in &self.region_latency {
+            let [a, b] = &r.between;
+            if a == b {
+                return Err(format!("[[network.region_latency]] between {a:?} and itself"));
+            }
+            if r.latency_ms > MAX_LINK_LATENCY_MS {
+                return Err(format!(
+                    "[[network.region_latency]] {a}<->{b}: latency_ms must be at most \
+                     {MAX_LINK_LATENCY_MS}"
+                ));
+            }
+            if !pairs.insert(region_pair(a, b)) {
+                return Err(format!("[[network.region_latency]] {a}<->{b} is listed twice"));
+            }
+        }
         Ok(())
+    }
+
+    /// The base one-way latency between two regions (0 within a region or when the
+    /// pair is not listed).
+    pub fn region_latency_ms(&self, a: &str, b: &str) -> u64 {
+        if a == b {
+            return 0;
+        }
+        let pair = region_pair(a, b);
+        self.region_latency
+            .iter()
+            .find(|r| region_pair(&r.between[0], &r.between[1]) == pair)
+            .map_or(0, |r| r.latency_ms)
+    }
+}
+
+fn region_pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
     }
 }
 
@@ -127,6 +189,10 @@ pub struct Manifest {
     /// Raft settings for every node; absent fields take the node defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<RaftConfig>,
+    /// Region the leader should live in (passed to every node; see
+    /// [`PlacementConfig`](crate::config::PlacementConfig)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_leader_region: Option<String>,
     /// Fault-proxy routing of the cluster's links (default: none).
     #[serde(default, skip_serializing_if = "NetworkConfig::is_default")]
     pub network: NetworkConfig,
@@ -195,11 +261,34 @@ impl Manifest {
                 return Err(format!("node {}: extra_args must not contain --config", node.id));
             }
         }
+        let regions = self.regions();
+        if let Some(p) = &self.preferred_leader_region {
+            if !regions.contains(p) {
+                return Err(format!(
+                    "preferred_leader_region {p:?} is not the region of any node"
+                ));
+            }
+        }
+        for r in &self.network.region_latency {
+            for name in &r.between {
+                if !regions.iter().any(|known| known == name) {
+                    return Err(format!(
+                        "[[network.region_latency]] names region {name:?}, which no node is in"
+                    ));
+                }
+            }
+        }
         for node in &self.nodes {
             let config = self.node_config(node.id, Path::new(DEFAULT_DATA_DIR), true)?;
             config.validate().map_err(|e| format!("node {}: {e}", node.id))?;
         }
         Ok(())
+    }
+
+    /// The distinct regions of the nodes, in order of first appearance.
+    pub fn regions(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        self.nodes.iter().filter(|n| seen.insert(&n.region)).map(|n| n.region.clone()).collect()
     }
 
     /// The node with this id.
@@ -244,6 +333,10 @@ impl Manifest {
             peers: self.peers(),
             bootstrap: bootstrap && self.bootstrap_id() == Some(id),
             raft: self.raft.clone().unwrap_or_default(),
+            placement: crate::config::PlacementConfig {
+                preferred_leader_region: self.preferred_leader_region.clone(),
+                ..Default::default()
+            },
             ..NodeConfig::default()
         })
     }
@@ -335,6 +428,43 @@ mod tests {
         let err = Manifest::parse(&text, "m.toml").expect_err("typo");
         assert!(err.to_string().contains("latncy_ms"), "{err}");
         assert!(!Manifest::embedded_default().expect("default").network.proxy);
+    }
+
+    #[test]
+    fn region_latencies_are_symmetric_and_validated() {
+        let m = Manifest::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster/three-regions.toml"
+        )))
+        .expect("three-regions.toml is valid");
+        assert_eq!(m.nodes.len(), 5);
+        assert_eq!(m.regions(), ["us-east", "eu-west", "ap-south"]);
+        assert_eq!(m.network.region_latency_ms("us-east", "eu-west"), 40);
+        assert_eq!(m.network.region_latency_ms("eu-west", "us-east"), 40);
+        assert_eq!(m.network.region_latency_ms("ap-south", "us-east"), 110);
+        assert_eq!(m.network.region_latency_ms("eu-west", "ap-south"), 80);
+        assert_eq!(m.network.region_latency_ms("us-east", "us-east"), 0);
+        let base = DEFAULT_MANIFEST_TOML.replacen("region = \"local\"", "region = \"far\"", 1);
+        let text = format!(
+            "{base}\n[network]\nproxy = true\n[[network.region_latency]]\n\
+             between = [\"local\", \"far\"]\nlatency_ms = 30\n"
+        );
+        let m = Manifest::parse(&text, "m.toml").expect("valid");
+        assert_eq!(m.network.region_latency_ms("far", "local"), 30);
+        let unknown = text.replace("\"far\"]", "\"mars\"]");
+        let err = Manifest::parse(&unknown, "m.toml").expect_err("unknown region");
+        assert!(err.to_string().contains("mars"), "{err}");
+        let same = text.replace("\"far\"]", "\"local\"]");
+        let err = Manifest::parse(&same, "m.toml").expect_err("same region");
+        assert!(err.to_string().contains("itself"), "{err}");
+        let twice = format!(
+            "{text}[[network.region_latency]]\nbetween = [\"far\", \"local\"]\nlatency_ms = 5\n"
+        );
+        let err = Manifest::parse(&twice, "m.toml").expect_err("pair twice");
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        let no_proxy = text.replace("proxy = true", "proxy = false");
+        let err = Manifest::parse(&no_proxy, "m.toml").expect_err("needs proxy");
+        assert!(err.to_string().contains("needs proxy"), "{err}");
     }
 
     #[test]

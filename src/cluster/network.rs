@@ -7,7 +7,13 @@
 //!   address here);
 //! - `api:i->j`: node i's forwarded client requests to node j (when j leads);
 //! - `client:j` (optional): a client-side entry to node j's API, for tests that want
-//!   to cut or slow clients too.
+//!   to cut or slow clients too;
+//! - `client@r:j` (optional, with region latencies): the entry to node j's API for a
+//!   client pinned to region r, whose base latency is the distance from r to j's
+//!   region (so a client "in" r sees the same latencies as the nodes of r).
+//!
+//! Region latencies (`[[network.region_latency]]`) are *base* latencies of the links:
+//! the distance between the regions, kept by heal. Fault latency adds on top.
 //!
 //! A link carries both the requests of its caller and the answers to them, so cutting
 //! `i -> j` (blackholing `raft:i->j` and `api:i->j`) means "node i can no longer call
@@ -46,6 +52,11 @@ pub fn client_link(to: u64) -> String {
     format!("client:{to}")
 }
 
+/// Name of the link a client pinned to `region` uses to reach node `to`'s API.
+pub fn region_client_link(region: &str, to: u64) -> String {
+    format!("client@{region}:{to}")
+}
+
 /// The grudge of a symmetric partition into `groups`: every node cannot call any node
 /// of another group. Nodes in no group keep every link.
 pub fn partition_grudge(groups: &[Vec<u64>]) -> Grudge {
@@ -68,6 +79,7 @@ pub struct ClusterNetwork {
     proxy: FaultProxy,
     nodes: Vec<u64>,
     client_links: BTreeMap<u64, SocketAddr>,
+    region_client_links: BTreeMap<String, BTreeMap<u64, SocketAddr>>,
 }
 
 impl std::fmt::Debug for ClusterNetwork {
@@ -104,8 +116,41 @@ impl ClusterNetwork {
                 client_links.insert(to.id, addr);
             }
         }
+        let mut region_client_links: BTreeMap<String, BTreeMap<u64, SocketAddr>> =
+            BTreeMap::new();
+        let latency = |a: &str, b: &str| {
+            Duration::from_millis(manifest.network.region_latency_ms(a, b))
+        };
+        for to in &manifest.nodes {
+            for from in &manifest.nodes {
+                if from.id != to.id {
+                    let base = latency(&from.region, &to.region);
+                    proxy.set_base_latency(&raft_link(from.id, to.id), base)?;
+                    proxy.set_base_latency(&api_link(from.id, to.id), base)?;
+                }
+            }
+            if clients && !manifest.network.region_latency.is_empty() {
+                for region in manifest.regions() {
+                    let name = region_client_link(&region, to.id);
+                    let addr = proxy.add_link_excluding(&name, to.api_addr, &reserved)?;
+                    proxy.set_base_latency(&name, latency(&region, &to.region))?;
+                    region_client_links.entry(region).or_default().insert(to.id, addr);
+                }
+            }
+        }
         let nodes = manifest.nodes.iter().map(|n| n.id).collect();
-        Ok(Self { proxy, nodes, client_links })
+        Ok(Self { proxy, nodes, client_links, region_client_links })
+    }
+
+    /// The address a client pinned to `region` uses to reach node `id`, when the
+    /// cluster has region latencies and client links.
+    pub fn region_client_addr(&self, region: &str, id: u64) -> Option<SocketAddr> {
+        self.region_client_links.get(region).and_then(|m| m.get(&id)).copied()
+    }
+
+    /// Every region's client addresses: region -> node id -> address.
+    pub fn region_client_addrs(&self) -> &BTreeMap<String, BTreeMap<u64, SocketAddr>> {
+        &self.region_client_links
     }
 
     /// The routes node `from` must use: every other node through `from`'s links.
@@ -250,6 +295,26 @@ mod tests {
         assert_eq!(routes[0].raft_addr.as_deref(), Some(raft.listen_addr().to_string().as_str()));
         assert_eq!(raft.target().to_string(), "127.0.0.1:7102");
         assert!(net.client_addr(3).is_some());
+    }
+
+    #[tokio::test]
+    async fn region_latencies_become_base_latencies_of_node_and_client_links() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster/three-regions.toml");
+        let m = Manifest::load(std::path::Path::new(path)).expect("manifest");
+        let net = ClusterNetwork::build(&m, true).expect("network");
+        let base = |name: &str| net.proxy().link(name).expect(name).info().base_latency_ms;
+        assert_eq!(base(&raft_link(1, 2)), 0, "same region");
+        assert_eq!(base(&raft_link(1, 3)), 40, "us-east -> eu-west");
+        assert_eq!(base(&api_link(5, 1)), 110, "ap-south -> us-east");
+        assert_eq!(base(&raft_link(4, 5)), 80, "eu-west -> ap-south");
+        assert_eq!(base(&region_client_link("ap-south", 5)), 0);
+        assert_eq!(base(&region_client_link("ap-south", 3)), 80);
+        assert_eq!(base(&region_client_link("us-east", 2)), 0);
+        assert!(net.region_client_addr("eu-west", 4).is_some());
+        assert!(net.region_client_addr("mars", 4).is_none());
+        net.set_latency(Duration::from_millis(5), Duration::ZERO, None).expect("fault");
+        net.heal();
+        assert_eq!(base(&raft_link(1, 3)), 40, "heal keeps the distance");
     }
 
     #[tokio::test]

@@ -11,7 +11,9 @@
 //!   and hang (like a silent network partition); new connections are accepted and
 //!   hang too. Healing closes the connections that lost bytes, so peers reconnect;
 //! - reset: every open connection is closed with RST;
-//! - heal: no latency, no blackhole.
+//! - heal: no fault latency, no blackhole. A link's *base* latency (the emulated
+//!   distance between two regions, [`FaultProxy::set_base_latency`]) is not a fault:
+//!   heal keeps it, and every chunk is delayed by base + fault latency + jitter.
 //!
 //! Bounded: at most [`MAX_INFLIGHT_CHUNKS`] chunks queued per direction (a slow reader
 //! pushes back on the sender) and [`MAX_CONNECTIONS_PER_LINK`] connections per link.
@@ -64,7 +66,9 @@ pub enum ProxyError {
 /// The fault state of one link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkFaults {
-    /// Added one-way delay.
+    /// One-way delay that models distance (region to region); kept by heal.
+    pub base_latency: Duration,
+    /// Added one-way delay (a fault).
     pub latency: Duration,
     /// Extra uniform random delay in [0, jitter].
     pub jitter: Duration,
@@ -112,6 +116,7 @@ impl Link {
             name: self.name.clone(),
             listen: self.listen,
             target: self.target,
+            base_latency_ms: duration_ms(f.base_latency),
             latency_ms: duration_ms(f.latency),
             jitter_ms: duration_ms(f.jitter),
             blackhole: f.blackhole,
@@ -133,7 +138,10 @@ pub struct LinkInfo {
     pub listen: SocketAddr,
     /// Where the link forwards to.
     pub target: SocketAddr,
-    /// Added one-way delay, ms.
+    /// One-way delay that models distance (kept by heal), ms.
+    #[serde(default)]
+    pub base_latency_ms: u64,
+    /// Added one-way delay (a fault), ms.
     pub latency_ms: u64,
     /// Extra uniform random delay bound, ms.
     pub jitter_ms: u64,
@@ -262,6 +270,11 @@ impl FaultProxy {
         })
     }
 
+    /// Set the base (distance) latency of a link; heal keeps it.
+    pub fn set_base_latency(&self, name: &str, latency: Duration) -> Result<(), ProxyError> {
+        self.modify(name, |f| f.base_latency = latency)
+    }
+
     /// Turn blackholing of a link on or off.
     pub fn set_blackhole(&self, name: &str, on: bool) -> Result<(), ProxyError> {
         self.modify(name, |f| f.blackhole = on)
@@ -272,11 +285,15 @@ impl FaultProxy {
         self.modify(name, |f| f.reset_generation += 1)
     }
 
-    /// Remove every fault of a link (latency and blackhole).
+    /// Remove every fault of a link (fault latency and blackhole; the base latency
+    /// stays).
     pub fn heal(&self, name: &str) -> Result<(), ProxyError> {
         self.modify(name, |f| {
-            let generation = f.reset_generation;
-            *f = LinkFaults { reset_generation: generation, ..LinkFaults::default() };
+            *f = LinkFaults {
+                reset_generation: f.reset_generation,
+                base_latency: f.base_latency,
+                ..LinkFaults::default()
+            };
         })
     }
 
@@ -408,7 +425,7 @@ async fn pump(
             } else {
                 rand::thread_rng().gen_range(Duration::ZERO..=f.jitter)
             };
-            let due = Instant::now() + f.latency + jitter;
+            let due = Instant::now() + f.base_latency + f.latency + jitter;
             if tx.send((due, buf[..n].to_vec())).await.is_err() {
                 return;
             }
@@ -471,6 +488,23 @@ mod tests {
         let t = std::time::Instant::now();
         roundtrip(addr).await.expect("echo");
         assert!(t.elapsed() >= Duration::from_millis(100), "took {:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn heal_keeps_the_base_latency_and_drops_the_fault_latency() {
+        let p = FaultProxy::new();
+        let addr = p.add_link("a->b", echo_server().await).await.expect("link");
+        p.set_base_latency("a->b", Duration::from_millis(30)).expect("base");
+        p.set_latency("a->b", Duration::from_millis(200), Duration::ZERO).expect("latency");
+        p.heal("a->b").expect("heal");
+        let f = p.link("a->b").expect("link").faults();
+        assert_eq!(f.base_latency, Duration::from_millis(30));
+        assert_eq!(f.latency, Duration::ZERO);
+        let t = std::time::Instant::now();
+        roundtrip(addr).await.expect("echo");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(60), "base latency each way, took {took:?}");
+        assert_eq!(p.link("a->b").expect("link").info().base_latency_ms, 30);
     }
 
     #[tokio::test]

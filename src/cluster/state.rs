@@ -48,6 +48,10 @@ pub struct ClusterState {
     /// `meridian cluster fault`; absent when links are not proxied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_control: Option<String>,
+    /// Client addresses per region (region -> one host:port per node, in node order),
+    /// when the manifest has region latencies: a client pinned to a region uses these.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub region_endpoints: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Path of the state file in `data_root`.
@@ -197,6 +201,7 @@ mod tests {
                 config_path: "/x/node-1.toml".into(),
             }],
             proxy_control: Some("127.0.0.1:9".into()),
+            region_endpoints: [("eu".to_string(), vec!["127.0.0.1:5".to_string()])].into(),
         };
         state.write(dir.path()).expect("write");
         assert_eq!(ClusterState::read(dir.path()).expect("read"), Some(state));
@@ -219,6 +224,7 @@ mod tests {
                 raft_addr: String::new(),
                 config_path: "/nope".into(),
             }],
+            region_endpoints: Default::default(),
             proxy_control: None,
         };
         assert!(state.live_nodes().is_empty());

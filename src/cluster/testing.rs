@@ -111,29 +111,64 @@ impl TestCluster {
     /// wait until each answers, and (with `bootstrap` and `wait_for_leader`) until they
     /// agree on a leader.
     pub async fn start(n: usize, options: TestOptions) -> Result<Self, ClusterError> {
-        let dir = tempfile::Builder::new()
-            .prefix("meridian-test-")
-            .tempdir()
-            .map_err(|e| ClusterError::io("cannot create a temp dir", e))?;
-        let ports = free_ports(2 * n)?;
         let nodes = (0..n)
             .map(|i| ManifestNode {
                 id: i as u64 + 1,
                 region: "local".to_string(),
-                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
-                raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
-                extra_args: options.extra_args.clone(),
+                api_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                raft_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+                extra_args: Vec::new(),
             })
             .collect();
+        let layout = Manifest {
+            name: options.name.clone(),
+            data_dir: PathBuf::from("unused"),
+            binary: None,
+            raft: Some(options.raft.clone()),
+            preferred_leader_region: None,
+            network: NetworkConfig::default(),
+            nodes,
+        };
+        Self::start_layout(layout, options).await
+    }
+
+    /// Start the nodes of `layout` (a manifest such as cluster/three-regions.toml: ids,
+    /// regions, region latencies, preferred leader region and its Raft settings when it
+    /// has them, else `options.raft`) on free ports in a new temp dir. The layout's
+    /// addresses, data dir and binary are replaced; `options` adds extra args and the
+    /// proxy (a layout with region latencies always gets the proxy and client links).
+    pub async fn start_layout(layout: Manifest, options: TestOptions) -> Result<Self, ClusterError> {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-test-")
+            .tempdir()
+            .map_err(|e| ClusterError::io("cannot create a temp dir", e))?;
+        let n = layout.nodes.len();
+        let ports = free_ports(2 * n)?;
+        let nodes = layout
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| ManifestNode {
+                id: node.id,
+                region: node.region.clone(),
+                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
+                raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+                extra_args: node.extra_args.iter().chain(&options.extra_args).cloned().collect(),
+            })
+            .collect();
+        let regional = !layout.network.region_latency.is_empty();
+        let proxy = options.proxy || layout.network.proxy || regional;
         let manifest = Manifest {
             name: options.name.clone(),
             data_dir: dir.path().to_path_buf(),
             binary: Some(options.binary.clone()),
-            raft: Some(options.raft.clone()),
+            raft: Some(layout.raft.clone().unwrap_or_else(|| options.raft.clone())),
+            preferred_leader_region: layout.preferred_leader_region.clone(),
             network: NetworkConfig {
-                proxy: options.proxy,
-                client_proxy: options.proxy && options.client_proxy,
-                ..NetworkConfig::default()
+                proxy,
+                client_proxy: proxy && (options.client_proxy || layout.network.client_proxy || regional),
+                region_latency: layout.network.region_latency.clone(),
+                ..layout.network.clone()
             },
             nodes,
         };
@@ -148,7 +183,7 @@ impl TestCluster {
             own_process_group: false,
             ready_timeout: TEST_READY_TIMEOUT,
             stop_timeout: TEST_STOP_TIMEOUT,
-            proxy: options.proxy,
+            proxy,
         };
         let cluster = TestCluster { cluster: LocalCluster::new(manifest, launch)?, dir: Some(dir) };
         let started = async {

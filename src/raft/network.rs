@@ -39,6 +39,17 @@ pub const PEER_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Snapshot chunks buffered ahead of the network, per transfer.
 pub const SNAPSHOT_SEND_QUEUE: usize = 4;
 
+/// Why a remote read index failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadIndexError {
+    /// The leader says the asking node is not a member of the cluster (removed).
+    #[error("not a member: {0}")]
+    NotMember(String),
+    /// Transport failure, timeout, not the leader any more, no quorum.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Builds connections to peers; holds the per-address channel cache.
 #[derive(Clone)]
 pub struct Network {
@@ -95,17 +106,22 @@ impl Network {
 }
 
 impl Network {
-    /// Ask the leader (`leader` at Raft address `addr`) for a read index: the log id a
-    /// follower must apply before serving a linearizable read locally.
+    /// Ask the leader (`leader` at Raft address `addr`) for a read index on behalf of
+    /// node `from`: the log id a follower must apply before serving a linearizable read
+    /// locally. The leader refuses nodes that are not members
+    /// ([`ReadIndexError::NotMember`]).
     pub async fn remote_read_index(
         &self,
+        from: NodeId,
         leader: NodeId,
         addr: &str,
         timeout: Duration,
-    ) -> Result<crate::storage::types::LogId, String> {
+    ) -> Result<crate::storage::types::LogId, ReadIndexError> {
+        let failed = ReadIndexError::Failed;
         let addr = self.inner.routes.get(&leader).map_or(addr, String::as_str).to_string();
-        let channel = self.channel(&addr).map_err(|e| format!("bad raft address {addr:?}: {e}"))?;
-        let payload = postcard::to_stdvec(&()).map_err(|e| e.to_string())?;
+        let channel =
+            self.channel(&addr).map_err(|e| failed(format!("bad raft address {addr:?}: {e}")))?;
+        let payload = postcard::to_stdvec(&from).map_err(|e| failed(e.to_string()))?;
         let msg = pb::RaftRequest {
             cluster_name: self.inner.cluster_name.clone(),
             target: leader,
@@ -117,10 +133,16 @@ impl Network {
         let mut client = RaftClient::new(channel);
         let reply = tokio::time::timeout(timeout, client.read_index(request))
             .await
-            .map_err(|_| format!("read index from node {leader} timed out"))?
-            .map_err(|s| format!("read index from node {leader}: {}: {}", s.code(), s.message()))?;
+            .map_err(|_| failed(format!("read index from node {leader} timed out")))?
+            .map_err(|s| {
+                if s.code() == tonic::Code::PermissionDenied {
+                    ReadIndexError::NotMember(s.message().to_string())
+                } else {
+                    failed(format!("read index from node {leader}: {}: {}", s.code(), s.message()))
+                }
+            })?;
         postcard::from_bytes(&reply.into_inner().payload)
-            .map_err(|e| format!("decode read index: {e}"))
+            .map_err(|e| failed(format!("decode read index: {e}")))
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use openraft::async_runtime::watch::WatchReceiver;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -157,7 +158,19 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let () = self.decode(req)?;
+        let from: u64 = self.decode(req)?;
+        let member = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config.membership().get_node(&from).is_some()
+        };
+        if !member {
+            // PERMISSION_DENIED is this RPC's "you are not a member" answer: the asking
+            // node then knows it was removed and stops serving.
+            return Err(Status::permission_denied(format!(
+                "node {from} is not a member of this cluster"
+            )));
+        }
         use openraft::error::{LinearizableReadError, RaftError};
         match self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex).await {
             Ok(lin) => reply(lin.read_log_id().log_id()),

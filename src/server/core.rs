@@ -6,10 +6,15 @@
 //! until it holds a quorum lease; that is retried here with a short pause until the
 //! request deadline, so clients do not see it.
 //!
-//! Read path: SERIALIZABLE reads the local state machine. LINEARIZABLE (and, for now,
-//! BOUNDED_STALENESS, which a linearizable read always satisfies) takes a read index
-//! from the leader (`ReadPolicy::ReadIndex`: a heartbeat round confirms leadership)
-//! and waits until the local state machine has applied it.
+//! Read path: SERIALIZABLE reads the local state machine. LINEARIZABLE takes a read
+//! index from the leader (`ReadPolicy::ReadIndex`: a heartbeat round confirms
+//! leadership) and waits until the local state machine has applied it.
+//! BOUNDED_STALENESS(B) is served locally when a freshness proof (see
+//! [`super::freshness`]) shows the local state is at most B old; otherwise it takes
+//! the linearizable path, which always satisfies the bound.
+//!
+//! A node the leader declared a non-member (removed), or whose own membership no longer
+//! lists it, refuses every request with FAILED_PRECONDITION (NODE_REMOVED).
 
 use std::time::Duration;
 
@@ -55,6 +60,8 @@ pub struct NodeCore {
     pub network: crate::raft::network::Network,
     /// Last contact with an accepted leader (followers).
     pub contact: std::sync::Arc<crate::raft::service::LeaderContact>,
+    /// Freshness proofs (bounded-staleness reads) and the leader's membership verdict.
+    pub freshness: std::sync::Arc<super::freshness::Freshness>,
 }
 
 impl NodeCore {
@@ -75,6 +82,16 @@ impl NodeCore {
                 "node {} has no cluster membership yet; run `meridian cluster up` or call Cluster.Initialize",
                 self.id
             )));
+        }
+        if m.membership_config.membership().get_node(&self.id).is_none() {
+            return Err(Error::Removed(format!(
+                "node {} is not in the cluster's membership (log index {}); use another node",
+                self.id,
+                m.membership_config.log_id().as_ref().map_or(0, |l| l.index)
+            )));
+        }
+        if let Some(reason) = self.freshness.removed() {
+            return Err(Error::Removed(format!("{reason}; use another node")));
         }
         Ok(())
     }
@@ -173,6 +190,13 @@ impl NodeCore {
         if consistency == Consistency::Serializable || self.config.unsafe_stale_reads {
             return Ok(());
         }
+        if let Consistency::BoundedStaleness(max_ms) = consistency {
+            let applied = self.reader.applied()?.revision;
+            let bound = self.freshness.staleness_bound(applied, std::time::Instant::now());
+            if bound.is_some_and(|b| b <= Duration::from_millis(max_ms)) {
+                return Ok(());
+            }
+        }
         let local = tokio::time::timeout_at(
             deadline,
             self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex),
@@ -218,10 +242,14 @@ impl NodeCore {
         };
         let Some(raft_addr) = raft_addr else { return Err(self.not_leader(Some(leader))) };
         let left = deadline.saturating_duration_since(Instant::now());
-        match self.network.remote_read_index(leader, &raft_addr, left).await {
+        match self.network.remote_read_index(self.id, leader, &raft_addr, left).await {
             Ok(log_id) => {
                 let read = openraft::raft::linearizable_read::ReadLogId::from_log_id(log_id);
                 Ok(openraft::raft::linearizable_read::Linearizer::new(self.id, read, None))
+            }
+            Err(crate::raft::network::ReadIndexError::NotMember(m)) => {
+                self.freshness.set_removed(Some(m.clone()));
+                Err(Error::Removed(format!("{m}; use another node")))
             }
             Err(e) => {
                 tracing::debug!(error = %e, leader, "follower read index failed; forwarding the read");

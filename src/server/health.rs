@@ -8,7 +8,8 @@
 //! - a follower or learner: it accepted an AppendEntries from the leader within the
 //!   max election timeout, and has applied the commit index that leader announced.
 //!
-//! Otherwise (partitioned away, catching up, electing, not initialised) NOT_SERVING.
+//! Otherwise (partitioned away, catching up, electing, not initialised, removed from
+//! the membership) NOT_SERVING.
 //! `meridian.v1.Cluster` is always SERVING: status must stay reachable.
 
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub fn is_serving(core: &NodeCore) -> bool {
     let m = core.raft.metrics();
     let m = m.borrow_watched();
     if m.membership_config.membership().voter_ids().next().is_none() {
+        return false;
+    }
+    let member = m.membership_config.membership().get_node(&core.id).is_some();
+    if !member || core.freshness.removed().is_some() {
         return false;
     }
     let fresh = Duration::from_millis(core.config.raft.election_timeout_max_ms);

@@ -7,7 +7,9 @@
 
 pub mod cluster;
 pub mod core;
+pub mod freshness;
 pub mod health;
+pub mod placement;
 pub mod kv;
 pub mod status;
 pub mod validate;
@@ -118,6 +120,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         contact,
         network,
         dedup_stats,
+        freshness: Arc::default(),
     };
     Ok((Arc::new(core), raft, store))
 }
@@ -222,6 +225,8 @@ pub async fn run_node(
     let raft_task = tokio::spawn(raft_server);
     let api_task = tokio::spawn(api_server);
     let health_task = tokio::spawn(health::run(core.clone(), health_reporter, stop_rx.clone()));
+    let freshness_task = tokio::spawn(freshness::run(core.clone(), stop_rx.clone()));
+    let placement_task = tokio::spawn(placement::run(core.clone(), stop_rx.clone()));
     tracing::info!(
         id = core.id,
         region = %core.config.region,
@@ -235,6 +240,8 @@ pub async fn run_node(
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, api_task).await;
     let _ = health_task.await;
+    let _ = freshness_task.await;
+    let _ = placement_task.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

@@ -25,6 +25,7 @@ pub fn reason(e: &Error) -> &'static str {
     match e {
         Error::InvalidArgument(_) => "INVALID_ARGUMENT",
         Error::NotInitialized(_) => "NOT_INITIALIZED",
+        Error::Removed(_) => "NODE_REMOVED",
         Error::NotLeader { .. } => "NOT_LEADER",
         Error::Unavailable(_) => "UNAVAILABLE",
         Error::Timeout(_) => "DEADLINE_EXCEEDED",
@@ -38,7 +39,9 @@ pub fn reason(e: &Error) -> &'static str {
 fn code(e: &Error) -> Code {
     match e {
         Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::NotInitialized(_) | Error::ClockOffset(_) => Code::FailedPrecondition,
+        Error::NotInitialized(_) | Error::ClockOffset(_) | Error::Removed(_) => {
+            Code::FailedPrecondition
+        }
         Error::NotLeader { .. } | Error::Unavailable(_) => Code::Unavailable,
         Error::Timeout(_) => Code::DeadlineExceeded,
         Error::Corruption(_) | Error::Storage(_) | Error::Internal(_) => Code::Internal,
