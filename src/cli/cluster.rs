@@ -48,6 +48,16 @@ pub enum ClusterCommand {
     Down(DownArgs),
     /// Inject network faults into a proxied cluster (manifest `[network] proxy = true`).
     Fault(FaultArgs),
+    /// List the members (voters and learners) and the leader.
+    Members(super::membership::AdminTarget),
+    /// Add a non-voting member (waits until it caught up unless --no-wait).
+    AddLearner(super::membership::AddLearnerArgs),
+    /// Remove a learner.
+    RemoveLearner(super::membership::RemoveLearnerArgs),
+    /// Replace the voter set (joint consensus).
+    ChangeMembership(super::membership::ChangeMembershipArgs),
+    /// Hand leadership to another voter.
+    TransferLeader(super::membership::TransferLeaderArgs),
 }
 
 /// Arguments of `meridian cluster fault`.
@@ -184,6 +194,11 @@ pub fn run(cmd: ClusterCommand) -> CliResult {
         ClusterCommand::Status(args) => runtime.block_on(status(args)),
         ClusterCommand::Down(args) => runtime.block_on(down(args)),
         ClusterCommand::Fault(args) => runtime.block_on(fault(args)),
+        ClusterCommand::Members(args) => super::membership::members(args),
+        ClusterCommand::AddLearner(args) => super::membership::add_learner(args),
+        ClusterCommand::RemoveLearner(args) => super::membership::remove_learner(args),
+        ClusterCommand::ChangeMembership(args) => super::membership::change_membership(args),
+        ClusterCommand::TransferLeader(args) => super::membership::transfer_leader(args),
     }
 }
 

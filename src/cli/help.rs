@@ -30,6 +30,29 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "meridian cluster members",
+        &["meridian cluster members", "meridian cluster members --json --data-dir ./data-3r"],
+    ),
+    (
+        "meridian cluster add-learner",
+        &["meridian cluster add-learner 4 --api-addr 127.0.0.1:7004 --raft-addr 127.0.0.1:7104 --region eu-west"],
+    ),
+    (
+        "meridian cluster remove-learner",
+        &["meridian cluster remove-learner 4"],
+    ),
+    (
+        "meridian cluster change-membership",
+        &[
+            "meridian cluster change-membership --voters 1,2,4      # replace voter 3 with 4",
+            "meridian cluster change-membership --voters 1,2,3 --retain",
+        ],
+    ),
+    (
+        "meridian cluster transfer-leader",
+        &["meridian cluster transfer-leader 2"],
+    ),
+    (
         "meridian cluster status",
         &[
             "meridian cluster status",

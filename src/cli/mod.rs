@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod completions;
 pub mod help;
 pub mod kv;
+pub mod membership;
 pub mod node;
 
 /// Exit code for invalid input or usage.

@@ -41,6 +41,7 @@ use crate::pb::v1 as pb;
 use pb::cluster_client::ClusterClient;
 use pb::kv_client::KvClient;
 
+mod admin;
 pub mod bench;
 pub mod breaker;
 mod call;

@@ -83,6 +83,10 @@ pub struct ManifestNode {
     /// Extra command-line flags appended after `--config` (flags override the file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<String>,
+    /// Not part of the initial membership: the node starts empty and waits to be
+    /// added (`meridian cluster add-learner`). The first node may not be a standby.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// `[network]`: whether (and how) the launcher routes links through the fault proxy
@@ -261,6 +265,9 @@ impl Manifest {
                 return Err(format!("node {}: extra_args must not contain --config", node.id));
             }
         }
+        if self.nodes.first().is_some_and(|n| n.standby) {
+            return Err("the first node bootstraps the cluster and cannot be a standby".into());
+        }
         let regions = self.regions();
         if let Some(p) = &self.preferred_leader_region {
             if !regions.contains(p) {
@@ -301,10 +308,11 @@ impl Manifest {
         self.nodes.first().map(|n| n.id)
     }
 
-    /// The initial membership: every node of the manifest.
+    /// The initial membership: every node of the manifest but the standbys.
     pub fn peers(&self) -> Vec<PeerConfig> {
         self.nodes
             .iter()
+            .filter(|n| !n.standby)
             .map(|n| PeerConfig {
                 id: n.id,
                 api_addr: n.api_addr.to_string(),

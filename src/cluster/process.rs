@@ -395,6 +395,16 @@ impl LocalCluster {
         Ok(lock(self.node(id)?).api_addr)
     }
 
+    /// Where a client pinned to `region` connects to reach node `id`: that region's
+    /// client link when the manifest has region latencies, else
+    /// [`client_addr`](Self::client_addr).
+    pub fn region_client_addr(&self, region: &str, id: u64) -> Result<SocketAddr, ClusterError> {
+        match self.network.as_ref().and_then(|n| n.region_client_addr(region, id)) {
+            Some(addr) => Ok(addr),
+            None => self.client_addr(id),
+        }
+    }
+
     /// `http://host:port` of every node's API, by id.
     pub fn endpoints(&self) -> BTreeMap<u64, String> {
         self.nodes.iter().map(|(id, p)| (*id, format!("http://{}", lock(p).api_addr))).collect()
@@ -667,8 +677,10 @@ impl LocalCluster {
                 }
             }
             let observation = seen.join("; ");
-            let leaders: Vec<u64> = statuses.values().flatten().map(|s| s.leader_id).collect();
-            let leader = leaders[0];
+            // Nodes not initialised yet (standbys waiting to be added) have no say.
+            let leaders: Vec<u64> =
+                statuses.values().flatten().filter(|s| s.initialized).map(|s| s.leader_id).collect();
+            let leader = leaders.first().copied().unwrap_or(0);
             if leader == 0 || leaders.iter().any(|l| *l != leader) {
                 return Err(observation);
             }

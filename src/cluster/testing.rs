@@ -59,6 +59,8 @@ pub struct TestOptions {
     pub proxy: bool,
     /// With `proxy`, also create client-side links (see [`LocalCluster::client_addr`]).
     pub client_proxy: bool,
+    /// Nodes left out of the initial membership (started empty, to be added later).
+    pub standby: Vec<u64>,
 }
 
 impl TestOptions {
@@ -75,6 +77,7 @@ impl TestOptions {
             logs: LogTarget::Files,
             proxy: false,
             client_proxy: false,
+            standby: Vec::new(),
         }
     }
 }
@@ -118,6 +121,7 @@ impl TestCluster {
                 api_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
                 raft_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
                 extra_args: Vec::new(),
+                standby: false,
             })
             .collect();
         let layout = Manifest {
@@ -154,6 +158,7 @@ impl TestCluster {
                 api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
                 raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
                 extra_args: node.extra_args.iter().chain(&options.extra_args).cloned().collect(),
+                standby: node.standby || options.standby.contains(&node.id),
             })
             .collect();
         let regional = !layout.network.region_latency.is_empty();

@@ -147,6 +147,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         self.change_membership_impl(req.into_inner()).await.map(Response::new)
     }
 
+    async fn remove_learner(
+        &self,
+        req: Request<pb::RemoveLearnerRequest>,
+    ) -> Result<Response<pb::RemoveLearnerResponse>, Status> {
+        self.remove_learner_impl(req.into_inner()).await.map(Response::new)
+    }
+
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
@@ -233,6 +240,38 @@ impl ClusterService {
             .await
             .map_err(|e| to_status(write_error(&self.core, e)))?;
         Ok(pb::ChangeMembershipResponse { revision: resp.log_id.index })
+    }
+
+    /// RemoveLearner: only learners (a voter must leave through ChangeMembership, so a
+    /// typo can never shrink the quorum).
+    pub async fn remove_learner_impl(
+        &self,
+        r: pb::RemoveLearnerRequest,
+    ) -> Result<pb::RemoveLearnerResponse, Status> {
+        let (is_voter, is_member) = {
+            let m = self.core.raft.metrics();
+            let m = m.borrow_watched();
+            let membership = m.membership_config.membership();
+            let is_voter = membership.voter_ids().any(|v| v == r.id);
+            (is_voter, membership.get_node(&r.id).is_some())
+        };
+        if is_voter {
+            return Err(Status::invalid_argument(format!(
+                "remove_learner: node {} is a voter; remove it with ChangeMembership",
+                r.id
+            )));
+        }
+        if !is_member {
+            return Err(Status::not_found(format!("remove_learner: node {} is not a member", r.id)));
+        }
+        let change = openraft::ChangeMembers::RemoveNodes([r.id].into_iter().collect());
+        let resp = self
+            .core
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| to_status(write_error(&self.core, e)))?;
+        Ok(pb::RemoveLearnerResponse { revision: resp.log_id.index })
     }
 
     /// TransferLeader.
