@@ -107,8 +107,12 @@ struct TestArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Nodes in the cluster.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, conflicts_with = "manifest")]
     nodes: usize,
+    /// Run on the layout of a cluster manifest (e.g. cluster/three-regions.toml: its
+    /// nodes, regions, region latencies and Raft timing), on free ports in a temp dir.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
     /// Per-operation timeout (a write that times out is recorded as info).
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     op_timeout: Duration,
@@ -279,6 +283,12 @@ fn test_config(args: TestArgs) -> anyhow::Result<TestConfig> {
     c.rate = args.rate;
     c.seed = args.seed.unwrap_or_else(rand::random);
     c.nodes = args.nodes;
+    if let Some(path) = args.manifest {
+        let m = meridian::cluster::manifest::Manifest::load(&path)
+            .map_err(|e| anyhow::anyhow!("--manifest: {e}"))?;
+        c.nodes = m.nodes.len();
+        c.layout = Some(path);
+    }
     c.op_timeout = args.op_timeout;
     c.nemesis_interval = args.nemesis_interval;
     c.keys = args.keys;

@@ -118,6 +118,41 @@ fn seeded_smoke_run_under_kill_and_partition_is_linearizable() {
 }
 
 #[test]
+fn three_region_register_run_under_membership_changes_is_linearizable() {
+    let _serial = CLUSTER_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../cluster/three-regions.toml");
+    let (out, _store, results) = run_test(&[
+        "--workload",
+        "register",
+        "--nemesis",
+        "membership",
+        "--manifest",
+        manifest,
+        "--time-limit",
+        "25",
+        "--concurrency",
+        "6",
+        "--rate",
+        "60",
+        "--op-timeout",
+        "5s",
+        "--nemesis-interval",
+        "4s",
+        "--seed",
+        SMOKE_SEED,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(results["valid"], Json::Bool(true), "{results:#}");
+    let windows = results["nemesis_windows"].as_array().cloned().unwrap_or_default();
+    assert!(!windows.is_empty(), "expected membership changes: {windows:#?}");
+    assert!(
+        windows.iter().all(|w| w["errors"].as_array().is_some_and(Vec::is_empty)),
+        "{windows:#?}"
+    );
+    assert_eq!(results["heal_errors"], serde_json::json!([]));
+}
+
+#[test]
 fn unsafe_stale_reads_under_partitions_are_caught() {
     let _serial = CLUSTER_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let mut attempts = Vec::new();

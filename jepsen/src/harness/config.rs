@@ -228,6 +228,10 @@ pub struct TestConfig {
     pub unsafe_stale_reads: bool,
     /// The `meridian` binary.
     pub binary: PathBuf,
+    /// A cluster manifest whose layout to run (ids, regions, region latencies,
+    /// preferred leader region, Raft timing), e.g. cluster/three-regions.toml; its node
+    /// count replaces `nodes`. None: `nodes` local nodes.
+    pub layout: Option<PathBuf>,
     /// Store root: runs go to `<store>/<name>/<timestamp>/`.
     pub store: PathBuf,
     /// Budget of the linearizability check.
@@ -265,6 +269,7 @@ impl TestConfig {
             max_transfer: 5,
             unsafe_stale_reads: false,
             binary,
+            layout: None,
             store: PathBuf::from("store"),
             check_timeout: DEFAULT_CHECK_TIMEOUT,
             recovery_timeout: DEFAULT_RECOVERY_TIMEOUT,

@@ -337,7 +337,14 @@ pub async fn run_test(config: TestConfig) -> Result<TestOutcome, HarnessError> {
     if config.unsafe_stale_reads {
         options.extra_args.push("--unsafe-stale-reads".to_string());
     }
-    let cluster = Arc::new(TestCluster::start(config.nodes, options).await?);
+    let cluster = match &config.layout {
+        Some(path) => {
+            let layout = meridian::cluster::manifest::Manifest::load(path)?;
+            TestCluster::start_layout(layout, options).await?
+        }
+        None => TestCluster::start(config.nodes, options).await?,
+    };
+    let cluster = Arc::new(cluster);
     let result = run_on(&config, &cluster, &run_dir, started_at).await;
     copy_logs(&cluster, &run_dir);
     drop(cluster);
