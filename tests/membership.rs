@@ -51,10 +51,9 @@ async fn stops_serving(cluster: &TestCluster, id: u64) {
                 assert!(s.message().contains("removed"), "{}", s.message());
                 return;
             }
-            other => assert!(
-                Instant::now() < deadline,
-                "removed node {id} still serves: {other:?}"
-            ),
+            other => {
+                assert!(Instant::now() < deadline, "removed node {id} still serves: {other:?}")
+            }
         }
         tokio::time::sleep(RETRY_INTERVAL).await; // poll interval, deadline-bound
     }
@@ -156,7 +155,10 @@ async fn transfer_leader_moves_leadership_within_bounded_time_and_it_stays() {
         if now_leader == target {
             break;
         }
-        assert!(Instant::now() < deadline, "leader still {now_leader} (was {leader}), not {target}");
+        assert!(
+            Instant::now() < deadline,
+            "leader still {now_leader} (was {leader}), not {target}"
+        );
         tokio::time::sleep(RETRY_INTERVAL).await; // poll interval, deadline-bound
     }
     let watch_until = Instant::now() + Duration::from_secs(2);

@@ -631,7 +631,8 @@ impl Client {
             match answer {
                 Ok(Ok(resp)) => {
                     let s = resp.into_inner();
-                    let tag = endpoints::NodeTag { id: s.id, region: s.region, api_addr: s.api_addr };
+                    let tag =
+                        endpoints::NodeTag { id: s.id, region: s.region, api_addr: s.api_addr };
                     ep.set_probe(tag, started.elapsed());
                     true
                 }

@@ -271,9 +271,7 @@ impl Manifest {
         let regions = self.regions();
         if let Some(p) = &self.preferred_leader_region {
             if !regions.contains(p) {
-                return Err(format!(
-                    "preferred_leader_region {p:?} is not the region of any node"
-                ));
+                return Err(format!("preferred_leader_region {p:?} is not the region of any node"));
             }
         }
         for r in &self.network.region_latency {

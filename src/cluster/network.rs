@@ -116,11 +116,9 @@ impl ClusterNetwork {
                 client_links.insert(to.id, addr);
             }
         }
-        let mut region_client_links: BTreeMap<String, BTreeMap<u64, SocketAddr>> =
-            BTreeMap::new();
-        let latency = |a: &str, b: &str| {
-            Duration::from_millis(manifest.network.region_latency_ms(a, b))
-        };
+        let mut region_client_links: BTreeMap<String, BTreeMap<u64, SocketAddr>> = BTreeMap::new();
+        let latency =
+            |a: &str, b: &str| Duration::from_millis(manifest.network.region_latency_ms(a, b));
         for to in &manifest.nodes {
             for from in &manifest.nodes {
                 if from.id != to.id {

@@ -678,8 +678,12 @@ impl LocalCluster {
             }
             let observation = seen.join("; ");
             // Nodes not initialised yet (standbys waiting to be added) have no say.
-            let leaders: Vec<u64> =
-                statuses.values().flatten().filter(|s| s.initialized).map(|s| s.leader_id).collect();
+            let leaders: Vec<u64> = statuses
+                .values()
+                .flatten()
+                .filter(|s| s.initialized)
+                .map(|s| s.leader_id)
+                .collect();
             let leader = leaders.first().copied().unwrap_or(0);
             if leader == 0 || leaders.iter().any(|l| *l != leader) {
                 return Err(observation);

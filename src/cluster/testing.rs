@@ -141,7 +141,10 @@ impl TestCluster {
     /// has them, else `options.raft`) on free ports in a new temp dir. The layout's
     /// addresses, data dir and binary are replaced; `options` adds extra args and the
     /// proxy (a layout with region latencies always gets the proxy and client links).
-    pub async fn start_layout(layout: Manifest, options: TestOptions) -> Result<Self, ClusterError> {
+    pub async fn start_layout(
+        layout: Manifest,
+        options: TestOptions,
+    ) -> Result<Self, ClusterError> {
         let dir = tempfile::Builder::new()
             .prefix("meridian-test-")
             .tempdir()
@@ -171,7 +174,8 @@ impl TestCluster {
             preferred_leader_region: layout.preferred_leader_region.clone(),
             network: NetworkConfig {
                 proxy,
-                client_proxy: proxy && (options.client_proxy || layout.network.client_proxy || regional),
+                client_proxy: proxy
+                    && (options.client_proxy || layout.network.client_proxy || regional),
                 region_latency: layout.network.region_latency.clone(),
                 ..layout.network.clone()
             },

@@ -262,7 +262,10 @@ impl ClusterService {
             )));
         }
         if !is_member {
-            return Err(Status::not_found(format!("remove_learner: node {} is not a member", r.id)));
+            return Err(Status::not_found(format!(
+                "remove_learner: node {} is not a member",
+                r.id
+            )));
         }
         let change = openraft::ChangeMembers::RemoveNodes([r.id].into_iter().collect());
         let resp = self

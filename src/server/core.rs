@@ -36,6 +36,10 @@ use super::validate::{Consistency, Limits};
 /// Pause between retries of a proposal refused while a new leader acquires its lease.
 pub const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
+/// A follower that has not heard from a leader for this many maximum election timeouts
+/// stops forwarding to the leader it last knew (see [`NodeCore::stale_leader`]).
+pub const LEADER_SILENCE_ELECTIONS: u32 = 2;
+
 /// Everything a request handler needs. Shared behind an `Arc`.
 pub struct NodeCore {
     /// This node's id.
@@ -105,6 +109,24 @@ impl NodeCore {
             m.membership_config.membership().get_node(&l).map(|n| n.api_addr.clone())
         });
         (id, addr)
+    }
+
+    /// Fail fast instead of forwarding to a leader this node has not heard from for
+    /// [`LEADER_SILENCE_ELECTIONS`] maximum election timeouts (it is probably cut off:
+    /// forwarding would only wait out the client's deadline). None when forwarding
+    /// makes sense (recent contact, or none expected yet).
+    pub fn stale_leader(&self) -> Option<Error> {
+        let limit = Duration::from_millis(self.config.raft.election_timeout_max_ms)
+            * LEADER_SILENCE_ELECTIONS;
+        let (at, _) = self.contact.last()?;
+        let silence = at.elapsed();
+        (silence > limit).then(|| {
+            Error::Unavailable(format!(
+                "node {} has not heard from a leader for {} ms (partitioned?); try another node",
+                self.id,
+                silence.as_millis()
+            ))
+        })
     }
 
     fn not_leader(&self, leader_id: Option<u64>) -> Error {

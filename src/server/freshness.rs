@@ -72,7 +72,10 @@ impl Freshness {
         while proofs.len() > MAX_PROOFS {
             proofs.pop_front();
         }
-        debug_assert!(proofs.iter().zip(proofs.iter().skip(1)).all(|(a, b)| a.asked_at <= b.asked_at));
+        debug_assert!(proofs
+            .iter()
+            .zip(proofs.iter().skip(1))
+            .all(|(a, b)| a.asked_at <= b.asked_at));
     }
 
     /// How stale the state is at most at `now`, given `applied`: the age of the newest
@@ -182,7 +185,11 @@ mod tests {
         f.record(Proof { asked_at: t0 + Duration::from_millis(50), index: 20 });
         let now = t0 + Duration::from_millis(80);
         assert_eq!(f.staleness_bound(20, now), Some(Duration::from_millis(30)));
-        assert_eq!(f.staleness_bound(15, now), Some(Duration::from_millis(80)), "index 20 not applied");
+        assert_eq!(
+            f.staleness_bound(15, now),
+            Some(Duration::from_millis(80)),
+            "index 20 not applied"
+        );
         assert_eq!(f.staleness_bound(5, now), None);
     }
 

@@ -137,6 +137,9 @@ impl KvService {
         match res {
             Ok(r) => Ok(Response::new(r)),
             Err(Error::NotLeader { leader_api_addr: Some(addr), leader_id }) if !ctx.forwarded => {
+                if let Some(stale) = self.core.stale_leader() {
+                    return Err(to_status(stale));
+                }
                 // Reach the leader through its route (fault proxy) when one is configured;
                 // clients are always told the public address.
                 let route = leader_id.and_then(|id| self.core.config.api_route(id));

@@ -9,8 +9,8 @@ pub mod cluster;
 pub mod core;
 pub mod freshness;
 pub mod health;
-pub mod placement;
 pub mod kv;
+pub mod placement;
 pub mod status;
 pub mod validate;
 
