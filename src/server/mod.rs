@@ -90,7 +90,11 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         window_ns: cfg.dedup_window_secs.saturating_mul(1_000_000_000),
         max_entries: cfg.dedup_max_entries,
     };
-    let sm = StateMachine::open(&store, hlc.clone(), dedup)?;
+    let retention = crate::storage::binlog::RetentionLimits {
+        max_events: cfg.binlog.retention_events,
+        max_age_ns: cfg.binlog.retention_age_secs.saturating_mul(1_000_000_000),
+    };
+    let sm = StateMachine::open(&store, hlc.clone(), dedup)?.with_binlog_retention(retention);
     let reader = sm.reader();
     let dedup_stats = sm.dedup_stats();
     let routes = cfg.routes.iter().filter_map(|r| Some((r.id, r.raft_addr.clone()?))).collect();
