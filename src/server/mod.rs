@@ -5,6 +5,7 @@
 //! CLI, tests) own ports and signals. Shutdown stops accepting requests, stops Raft,
 //! and syncs storage before returning.
 
+pub mod binlog;
 pub mod cluster;
 pub mod core;
 pub mod health;
@@ -199,6 +200,7 @@ pub async fn run_node(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("meridian.v1.Kv")
             .with_service_name("meridian.v1.Cluster")
+            .with_service_name("meridian.v1.Binlog")
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection = reflection_builder()
@@ -219,6 +221,10 @@ pub async fn run_node(
         .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(
             core.clone(),
         )))
+        .add_service(
+            pb::binlog_server::BinlogServer::new(binlog::BinlogService::new(core.clone()))
+                .max_encoding_message_size(api_max),
+        )
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
