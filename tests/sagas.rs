@@ -186,3 +186,45 @@ async fn saga_writes_and_commit_after_the_deadline_are_refused() {
     let bad = client.open_saga("", Duration::from_secs(1), SagaOptions::default()).await;
     assert!(matches!(bad, Err(ClientError::Rpc(ref e)) if e.code == tonic::Code::InvalidArgument));
 }
+
+/// Run the CLI with `args`; returns (exit code, stdout).
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(MERIDIAN).args(args).output().expect("run meridian");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("meridian {args:?}: {stderr}");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_transfer_under_a_saga_shows_in_binlog_tail_as_json_lines() {
+    let cluster = start(3).await;
+    let eps = api_addrs_all(&cluster);
+    let e = eps.as_str();
+    assert_eq!(cli(&["kv", "put", "acct/a", "100", "--endpoints", e]).0, 0);
+    assert_eq!(cli(&["saga", "open", "tx1", "--deadline", "30s", "--endpoints", e]).0, 0);
+    assert_eq!(cli(&["kv", "put", "acct/a", "70", "--saga", "tx1", "--endpoints", e]).0, 0);
+    assert_eq!(cli(&["kv", "put", "acct/b", "30", "--saga", "tx1", "--endpoints", e]).0, 0);
+    let (code, out) = cli(&["saga", "commit", "tx1", "--json", "--endpoints", e]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["records"].as_array().map(Vec::len), Some(2));
+    let (code, _) = cli(&["saga", "commit", "nope", "--endpoints", e]);
+    assert_eq!(code, 2, "a refused saga operation is bad input");
+    let first = eps.split(',').next().expect("endpoint");
+    let (code, out) = cli(&["binlog", "tail", "--endpoint", first, "--limit", "5"]);
+    assert_eq!(code, 0);
+    let ops: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["op"].as_str().expect("op").to_string()
+        })
+        .collect();
+    assert_eq!(ops, ["PUT", "SAGA_OPEN", "PUT", "PUT", "SAGA_COMMIT"]);
+    let (code, _) = cli(&["binlog", "tail", "--endpoint", first, "--window", "70000"]);
+    assert_eq!(code, 2);
+}
+
+fn api_addrs_all(cluster: &LocalCluster) -> String {
+    common::client::api_addrs(cluster, &cluster.ids()).join(",")
+}
