@@ -261,8 +261,8 @@ impl SmReader {
         let tree = self.shared.tree();
         let mut page = EventPage { events: Vec::new(), next: from, at_end: true };
         let lo = binlog::event_key(from.0, from.1).to_vec();
-        let mut scanned = 0usize;
-        for kv in tree.range(lo..[binlog::EVENT_PREFIX + 1].to_vec()) {
+        let hi = [binlog::EVENT_PREFIX + 1].to_vec();
+        for (scanned, kv) in tree.range(lo..hi).enumerate() {
             if scanned >= scan || page.events.len() >= limit {
                 page.at_end = false;
                 break;
@@ -271,7 +271,6 @@ impl SmReader {
             let pos = binlog::parse_event_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
             let e: BinlogEvent = decode(&v)?;
-            scanned += 1;
             page.next = (pos.0, pos.1.saturating_add(1));
             if filter(&e) {
                 page.events.push(e);
@@ -479,8 +478,7 @@ impl StateMachine {
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
         let mut trimming: Option<u64> = None;
-        let mut trimmed = 0usize;
-        for kv in tree.scan_prefix([binlog::EVENT_PREFIX]) {
+        for (trimmed, kv) in tree.scan_prefix([binlog::EVENT_PREFIX]).enumerate() {
             let (k, v) = kv?;
             let (rev, _) = binlog::parse_event_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
@@ -497,7 +495,6 @@ impl StateMachine {
             }
             batch.remove(k);
             *count = count.saturating_sub(1);
-            trimmed += 1;
         }
         if let Some(rev) = trimming {
             batch.insert(binlog::FLOOR_KEY, encode(&(rev + 1))?);
