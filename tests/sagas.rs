@@ -154,7 +154,7 @@ async fn saga_writes_and_commit_after_the_deadline_are_refused() {
     let cluster = start(3).await;
     let client = cluster_client(&cluster, test_seed("saga_deadline"));
     let opened = client
-        .open_saga("short", Duration::from_millis(300), SagaOptions::default())
+        .open_saga("short", Duration::from_millis(2_000), SagaOptions::default())
         .await
         .expect("open");
     client.put_with("d/1", "x", saga_put("short")).await.expect("within the deadline");
