@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod bench;
+pub mod binlog;
 pub mod cluster;
 pub mod completions;
 pub mod help;
@@ -70,6 +71,10 @@ pub enum Command {
     Kv(kv::KvArgs),
     /// Load-test a running cluster.
     Bench(bench::BenchArgs),
+    /// Stream a replica's binlog.
+    Binlog(binlog::BinlogArgs),
+    /// Open, commit, abort and inspect sagas (multi-step writes with compensation).
+    Saga(binlog::SagaArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
@@ -108,6 +113,8 @@ pub fn main() -> ExitCode {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Kv(args) => kv::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Binlog(args) => binlog::run(args),
+        Command::Saga(args) => binlog::run_saga(args),
         Command::Completions(args) => completions::run_completions(args, command()),
         Command::Man(args) => completions::run_man(args, command()),
     };

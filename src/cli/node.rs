@@ -55,6 +55,12 @@ pub struct NodeArgs {
     /// of that region exists).
     #[arg(long, value_name = "REGION")]
     pub preferred_leader_region: Option<String>,
+    /// Binlog retention: keep at most this many events (same on every node).
+    #[arg(long)]
+    pub binlog_retention_events: Option<u64>,
+    /// Binlog retention: trim events older than this many seconds (same on every node).
+    #[arg(long)]
+    pub binlog_retention_age_secs: Option<u64>,
 }
 
 /// Parse `ID=API/RAFT[@REGION]`.
@@ -105,6 +111,12 @@ impl NodeArgs {
         }
         if let Some(v) = self.preferred_leader_region {
             c.placement.preferred_leader_region = Some(v);
+        }
+        if let Some(v) = self.binlog_retention_events {
+            c.binlog.retention_events = v;
+        }
+        if let Some(v) = self.binlog_retention_age_secs {
+            c.binlog.retention_age_secs = v;
         }
         c.validate()?;
         Ok(c)

@@ -43,6 +43,7 @@ use pb::kv_client::KvClient;
 
 mod admin;
 pub mod bench;
+pub mod binlog;
 pub mod breaker;
 mod call;
 pub mod clock;
@@ -54,6 +55,7 @@ pub mod request_id;
 pub mod retry;
 pub mod txn;
 
+pub use binlog::{SagaOptions, StreamError, SubscribeOptions, Subscription, WatchOptions};
 pub use breaker::BreakerState;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BreakerConfig, ClientConfig, RetryConfig};
