@@ -112,6 +112,26 @@ impl Default for RaftConfig {
     }
 }
 
+/// Binlog retention (replicated behaviour: every node of a cluster must use the same
+/// values, or replicas retain different ranges).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinlogConfig {
+    /// Keep at most this many events (older whole revisions are trimmed).
+    pub retention_events: u64,
+    /// Trim events older than this, seconds of HLC time before the latest apply.
+    pub retention_age_secs: u64,
+}
+
+impl Default for BinlogConfig {
+    fn default() -> Self {
+        Self {
+            retention_events: crate::storage::binlog::DEFAULT_RETENTION_EVENTS,
+            retention_age_secs: crate::storage::binlog::DEFAULT_RETENTION_AGE_SECS,
+        }
+    }
+}
+
 /// Configuration of one Meridian node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +178,8 @@ pub struct NodeConfig {
     pub log_format: String,
     /// Raft settings.
     pub raft: RaftConfig,
+    /// Binlog retention.
+    pub binlog: BinlogConfig,
 }
 
 fn default_region() -> String {
@@ -188,6 +210,7 @@ impl Default for NodeConfig {
             unsafe_stale_reads: false,
             log_format: "text".to_string(),
             raft: RaftConfig::default(),
+            binlog: BinlogConfig::default(),
         }
     }
 }
@@ -289,6 +312,9 @@ impl NodeConfig {
         }
         if self.dedup_max_entries == 0 || self.dedup_window_secs == 0 {
             return bad("dedup_window_secs and dedup_max_entries must be >= 1".into());
+        }
+        if self.binlog.retention_events == 0 || self.binlog.retention_age_secs == 0 {
+            return bad("binlog.retention_events and binlog.retention_age_secs must be >= 1".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad(format!(

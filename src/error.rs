@@ -27,6 +27,18 @@ pub enum Error {
     /// The deadline passed; a write may or may not have been applied.
     #[error("deadline exceeded: {0}")]
     Timeout(String),
+    /// A deterministic rule refused the request (a saga that is not open, expired or
+    /// full): do not retry unchanged.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The requested binlog position is no longer retained: restart from the oldest.
+    #[error("{message}")]
+    OutOfRange {
+        /// What was asked and what is retained.
+        message: String,
+        /// The oldest retained revision.
+        oldest_revision: u64,
+    },
     /// A timestamp came from a node whose clock is too far ahead.
     #[error(transparent)]
     ClockOffset(#[from] HlcError),

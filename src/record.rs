@@ -231,6 +231,84 @@ pub enum Op {
         /// Ops otherwise.
         failure: Vec<TxnOp>,
     },
+    /// Open a saga with a deadline `timeout_ms` after the applied HLC's wall time.
+    SagaOpen {
+        /// Saga id (validated by the server).
+        saga_id: String,
+        /// Time to commit, ms (1..=[`MAX_SAGA_TIMEOUT_MS`]).
+        timeout_ms: u64,
+    },
+    /// Commit an open saga: its PENDING records become COMMITTED.
+    SagaCommit {
+        /// Saga id.
+        saga_id: String,
+    },
+    /// Abort a saga: compensate every step whose key still holds the saga's write.
+    SagaAbort {
+        /// Saga id.
+        saga_id: String,
+        /// Why (kept in the saga).
+        reason: String,
+    },
+}
+
+/// Longest saga timeout, ms (one day).
+pub const MAX_SAGA_TIMEOUT_MS: u64 = 86_400_000;
+/// Most steps (key writes) one saga may record; a write beyond is refused.
+pub const MAX_SAGA_STEPS: usize = 1_024;
+/// Longest saga abort reason kept, bytes.
+pub const MAX_SAGA_REASON_BYTES: usize = 1_024;
+
+/// Lifecycle of a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaState {
+    /// Writes may join it until its deadline.
+    Open,
+    /// Its records became COMMITTED.
+    Committed,
+    /// Its steps were compensated (or reported as conflicts).
+    Aborted,
+}
+
+/// One write made under a saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaStep {
+    /// The key written.
+    pub key: Vec<u8>,
+    /// Revision of the write.
+    pub revision: Revision,
+    /// The record before the write (None: the key did not exist).
+    pub before: Option<Record>,
+    /// The version the write produced (0 for a delete).
+    pub after_version: u64,
+}
+
+/// A saga step that could not be compensated because its key moved on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaConflict {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The version the saga's write produced (0 for a delete).
+    pub saga_version: u64,
+    /// The key's current record (None: absent).
+    pub current: Option<Record>,
+}
+
+/// A replicated saga: its state, deadline and steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saga {
+    /// Saga id.
+    pub id: String,
+    /// Lifecycle state.
+    pub state: SagaState,
+    /// When the saga expires, ms since the Unix epoch (HLC wall time).
+    pub deadline_unix_ms: u64,
+    /// Writes made under the saga, in log order (at most [`MAX_SAGA_STEPS`]).
+    pub steps: Vec<SagaStep>,
+    /// Why it was aborted (empty otherwise).
+    pub abort_reason: String,
+    /// The outcome of its commit or abort, replayed when repeated (idempotence).
+    pub closed: Option<Box<Outcome>>,
 }
 
 /// A write proposed to Raft: what the leader stamps and the state machine applies.
@@ -256,6 +334,9 @@ impl std::fmt::Display for Command {
             Op::Put { .. } => "put",
             Op::Delete { .. } => "delete",
             Op::Txn { .. } => "txn",
+            Op::SagaOpen { .. } => "saga_open",
+            Op::SagaCommit { .. } => "saga_commit",
+            Op::SagaAbort { .. } => "saga_abort",
         };
         write!(f, "{kind}(request_id={}, hlc={})", self.request_id, self.hlc)
     }
@@ -291,6 +372,29 @@ pub enum Outcome {
     },
     /// A non-command entry (blank, membership): no outcome.
     None,
+    /// The command was refused by a deterministic rule (a saga that is not open, has
+    /// expired or is full): nothing changed. The server answers FAILED_PRECONDITION.
+    Refused {
+        /// Why, for the client.
+        reason: String,
+    },
+    /// A saga was opened.
+    SagaOpened {
+        /// When it expires, ms since the Unix epoch.
+        deadline_unix_ms: u64,
+    },
+    /// A saga committed.
+    SagaCommitted {
+        /// The records that became COMMITTED.
+        records: Vec<Record>,
+    },
+    /// A saga was aborted.
+    SagaAborted {
+        /// Records as restored (a restored absence is not listed).
+        compensated: Vec<Record>,
+        /// Steps whose key moved on (left alone).
+        conflicts: Vec<SagaConflict>,
+    },
 }
 
 /// What apply returns for one log entry.

@@ -51,6 +51,12 @@ pub struct NodeArgs {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Binlog retention: keep at most this many events (same on every node).
+    #[arg(long)]
+    pub binlog_retention_events: Option<u64>,
+    /// Binlog retention: trim events older than this many seconds (same on every node).
+    #[arg(long)]
+    pub binlog_retention_age_secs: Option<u64>,
 }
 
 /// Parse `ID=API/RAFT[@REGION]`.
@@ -98,6 +104,12 @@ impl NodeArgs {
         c.unsafe_stale_reads |= self.unsafe_stale_reads;
         if let Some(v) = self.log_format {
             c.log_format = v;
+        }
+        if let Some(v) = self.binlog_retention_events {
+            c.binlog.retention_events = v;
+        }
+        if let Some(v) = self.binlog_retention_age_secs {
+            c.binlog.retention_age_secs = v;
         }
         c.validate()?;
         Ok(c)

@@ -164,9 +164,9 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn corrupt_key(
         &self,
-        _req: Request<pb::CorruptKeyRequest>,
+        req: Request<pb::CorruptKeyRequest>,
     ) -> Result<Response<pb::CorruptKeyResponse>, Status> {
-        Err(Status::unimplemented("CorruptKey is not implemented yet (issue #7)"))
+        self.corrupt_key_impl(req.into_inner()).map(Response::new)
     }
 }
 
@@ -277,5 +277,29 @@ impl ClusterService {
         self.core.clock.set_offset_ns(r.offset_ms.saturating_mul(1_000_000));
         tracing::warn!(offset_ms = r.offset_ms, "fault injection: physical clock offset set");
         Ok(pb::SetClockOffsetResponse { previous_offset_ms: previous })
+    }
+
+    /// CorruptKey: overwrite a key's value in this replica only (fault injection).
+    pub fn corrupt_key_impl(
+        &self,
+        r: pb::CorruptKeyRequest,
+    ) -> Result<pb::CorruptKeyResponse, Status> {
+        if !self.core.config.allow_fault_injection {
+            return Err(Status::unimplemented(
+                "CorruptKey is a fault-injection RPC: start the node with --allow-fault-injection",
+            ));
+        }
+        self.core.limits.key("corrupt_key", &r.key).map_err(to_status)?;
+        self.core.limits.value("corrupt_key", &r.value).map_err(to_status)?;
+        let existed =
+            tokio::task::block_in_place(|| self.core.reader.corrupt_record(&r.key, &r.value))
+                .map_err(|e| to_status(e.into()))?;
+        tracing::warn!(
+            key = %String::from_utf8_lossy(&r.key),
+            existed,
+            "FAULT INJECTION: key overwritten in this replica's state machine without Raft; \
+             this replica now diverges from the others"
+        );
+        Ok(pb::CorruptKeyResponse { existed })
     }
 }

@@ -25,7 +25,7 @@ use super::validate;
 use crate::error::Error;
 use crate::pb::v1 as pb;
 use crate::pb::v1::kv_client::KvClient;
-use crate::record::{ApplyResult, Outcome};
+use crate::record::{ApplyResult, Outcome, SagaState};
 use crate::storage::state_machine::AppliedPoint;
 
 /// Metadata marking a request forwarded by another node (value: that node's id).
@@ -212,6 +212,15 @@ fn reused_id() -> Error {
     Error::InvalidArgument("request_id was already used for a different kind of request".into())
 }
 
+/// The error of an outcome that is not the expected kind: a deterministic refusal
+/// (FAILED_PRECONDITION) or a request id reused for another kind of request.
+fn unexpected(outcome: Outcome) -> Error {
+    match outcome {
+        Outcome::Refused { reason } => Error::FailedPrecondition(reason),
+        _ => reused_id(),
+    }
+}
+
 async fn get(
     core: Arc<NodeCore>,
     ctx: RequestCtx,
@@ -276,7 +285,7 @@ fn single_key_reply(
             current: current.map(Into::into),
             duplicate: res.duplicate,
         }),
-        _ => Err(reused_id()),
+        (other, _) => Err(unexpected(other)),
     }
 }
 
@@ -331,8 +340,104 @@ async fn txn(
                 .collect(),
             duplicate: res.duplicate,
         }),
-        _ => Err(reused_id()),
+        other => Err(unexpected(other)),
     }
+}
+
+async fn open_saga(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::OpenSagaRequest,
+) -> Result<pb::OpenSagaResponse, Error> {
+    let op = validate::open_saga(&r)?;
+    let res = core.propose(op, r.request_id, String::new(), ctx.trace_id, ctx.deadline).await?;
+    match res.outcome {
+        Outcome::SagaOpened { deadline_unix_ms } => Ok(pb::OpenSagaResponse {
+            header: header(&core, res.revision, res.hlc),
+            deadline_unix_ms,
+            duplicate: res.duplicate,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn commit_saga(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::CommitSagaRequest,
+) -> Result<pb::CommitSagaResponse, Error> {
+    let op = validate::commit_saga(&r)?;
+    let res = core.propose(op, r.request_id, String::new(), ctx.trace_id, ctx.deadline).await?;
+    match res.outcome {
+        Outcome::SagaCommitted { records } => Ok(pb::CommitSagaResponse {
+            header: header(&core, res.revision, res.hlc),
+            records: records.into_iter().map(Into::into).collect(),
+            duplicate: res.duplicate,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn abort_saga(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::AbortSagaRequest,
+) -> Result<pb::AbortSagaResponse, Error> {
+    let op = validate::abort_saga(&r)?;
+    let res = core.propose(op, r.request_id, String::new(), ctx.trace_id, ctx.deadline).await?;
+    match res.outcome {
+        Outcome::SagaAborted { compensated, conflicts } => Ok(pb::AbortSagaResponse {
+            header: header(&core, res.revision, res.hlc),
+            compensated: compensated.into_iter().map(Into::into).collect(),
+            conflicts: conflicts
+                .into_iter()
+                .map(|c| pb::SagaConflict {
+                    key: c.key,
+                    saga_version: c.saga_version,
+                    current: c.current.map(Into::into),
+                })
+                .collect(),
+            duplicate: res.duplicate,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_saga(
+    core: Arc<NodeCore>,
+    ctx: RequestCtx,
+    r: pb::GetSagaRequest,
+) -> Result<pb::GetSagaResponse, Error> {
+    validate::saga_id(&r.saga_id)?;
+    core.read_barrier(validate::Consistency::Linearizable, ctx.deadline).await?;
+    let saga = core.reader.saga(&r.saga_id)?;
+    let point = core.reader.applied()?;
+    let header = Some(core.header_at(point));
+    let Some(s) = saga else {
+        return Ok(pb::GetSagaResponse { header, found: false, ..Default::default() });
+    };
+    let state = match s.state {
+        SagaState::Open => pb::SagaState::Open,
+        SagaState::Committed => pb::SagaState::Committed,
+        SagaState::Aborted => pb::SagaState::Aborted,
+    };
+    Ok(pb::GetSagaResponse {
+        header,
+        found: true,
+        state: state as i32,
+        deadline_unix_ms: s.deadline_unix_ms,
+        steps: s
+            .steps
+            .into_iter()
+            .map(|st| pb::SagaStep {
+                key: st.key,
+                revision: st.revision,
+                before: st.before.map(Into::into),
+                after_version: st.after_version,
+            })
+            .collect(),
+        abort_reason: s.abort_reason,
+    })
 }
 
 #[tonic::async_trait]
@@ -369,37 +474,38 @@ impl pb::kv_server::Kv for KvService {
 
     async fn watch(
         &self,
-        _req: Request<pb::WatchRequest>,
+        req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("Watch is not implemented yet (issue #7)"))
+        let stream = super::binlog::watch(self.core.clone(), req.into_inner())?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn open_saga(
         &self,
-        _req: Request<pb::OpenSagaRequest>,
+        req: Request<pb::OpenSagaRequest>,
     ) -> Result<Response<pb::OpenSagaResponse>, Status> {
-        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+        self.run(req, open_saga, |mut c, r| async move { c.open_saga(r).await }).await
     }
 
     async fn commit_saga(
         &self,
-        _req: Request<pb::CommitSagaRequest>,
+        req: Request<pb::CommitSagaRequest>,
     ) -> Result<Response<pb::CommitSagaResponse>, Status> {
-        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+        self.run(req, commit_saga, |mut c, r| async move { c.commit_saga(r).await }).await
     }
 
     async fn abort_saga(
         &self,
-        _req: Request<pb::AbortSagaRequest>,
+        req: Request<pb::AbortSagaRequest>,
     ) -> Result<Response<pb::AbortSagaResponse>, Status> {
-        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+        self.run(req, abort_saga, |mut c, r| async move { c.abort_saga(r).await }).await
     }
 
     async fn get_saga(
         &self,
-        _req: Request<pb::GetSagaRequest>,
+        req: Request<pb::GetSagaRequest>,
     ) -> Result<Response<pb::GetSagaResponse>, Status> {
-        Err(Status::unimplemented("sagas are not implemented yet (issue #7)"))
+        self.run(req, get_saga, |mut c, r| async move { c.get_saga(r).await }).await
     }
 }
 

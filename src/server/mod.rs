@@ -5,6 +5,7 @@
 //! CLI, tests) own ports and signals. Shutdown stops accepting requests, stops Raft,
 //! and syncs storage before returning.
 
+pub mod binlog;
 pub mod cluster;
 pub mod core;
 pub mod health;
@@ -90,7 +91,11 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         window_ns: cfg.dedup_window_secs.saturating_mul(1_000_000_000),
         max_entries: cfg.dedup_max_entries,
     };
-    let sm = StateMachine::open(&store, hlc.clone(), dedup)?;
+    let retention = crate::storage::binlog::RetentionLimits {
+        max_events: cfg.binlog.retention_events,
+        max_age_ns: cfg.binlog.retention_age_secs.saturating_mul(1_000_000_000),
+    };
+    let sm = StateMachine::open(&store, hlc.clone(), dedup)?.with_binlog_retention(retention);
     let reader = sm.reader();
     let dedup_stats = sm.dedup_stats();
     let routes = cfg.routes.iter().filter_map(|r| Some((r.id, r.raft_addr.clone()?))).collect();
@@ -195,6 +200,7 @@ pub async fn run_node(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("meridian.v1.Kv")
             .with_service_name("meridian.v1.Cluster")
+            .with_service_name("meridian.v1.Binlog")
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection = reflection_builder()
@@ -215,6 +221,10 @@ pub async fn run_node(
         .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService::new(
             core.clone(),
         )))
+        .add_service(
+            pb::binlog_server::BinlogServer::new(binlog::BinlogService::new(core.clone()))
+                .max_encoding_message_size(api_max),
+        )
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

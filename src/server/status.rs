@@ -32,13 +32,18 @@ pub fn reason(e: &Error) -> &'static str {
         Error::Corruption(_) => "DATA_CORRUPTION",
         Error::Storage(_) => "STORAGE",
         Error::Internal(_) => "INTERNAL",
+        Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+        Error::OutOfRange { .. } => "OUT_OF_RANGE",
     }
 }
 
 fn code(e: &Error) -> Code {
     match e {
         Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::NotInitialized(_) | Error::ClockOffset(_) => Code::FailedPrecondition,
+        Error::NotInitialized(_) | Error::ClockOffset(_) | Error::FailedPrecondition(_) => {
+            Code::FailedPrecondition
+        }
+        Error::OutOfRange { .. } => Code::OutOfRange,
         Error::NotLeader { .. } | Error::Unavailable(_) => Code::Unavailable,
         Error::Timeout(_) => Code::DeadlineExceeded,
         Error::Corruption(_) | Error::Storage(_) | Error::Internal(_) => Code::Internal,
@@ -64,6 +69,10 @@ pub fn to_status(e: Error) -> Status {
             }
         }
         Error::NotInitialized(m) => format!("node is not initialised: {m}"),
+        Error::OutOfRange { message, oldest_revision } => {
+            meta.insert("oldest_revision".to_string(), oldest_revision.to_string());
+            message.clone()
+        }
         Error::Corruption(_) | Error::Storage(_) | Error::Internal(_) => {
             tracing::error!(error = %e, "internal failure answering a request");
             e.to_string()
@@ -91,6 +100,14 @@ mod tests {
         let info = s.get_details_error_info().expect("error info");
         assert_eq!(info.reason, "NOT_LEADER");
         assert_eq!(info.metadata.get("leader_id").map(String::as_str), Some("2"));
+    }
+
+    #[test]
+    fn out_of_range_carries_the_oldest_revision() {
+        let s = to_status(Error::OutOfRange { message: "gone".into(), oldest_revision: 42 });
+        assert_eq!(s.code(), Code::OutOfRange);
+        let info = s.get_details_error_info().expect("error info");
+        assert_eq!(info.metadata.get("oldest_revision").map(String::as_str), Some("42"));
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::collections::HashSet;
 
 use crate::error::Error;
 use crate::pb::v1 as pb;
-use crate::record::{Compare, CompareOp, CompareTarget, Op, TxnOp, MAX_TXN_OPS};
+use crate::record::{
+    Compare, CompareOp, CompareTarget, Op, TxnOp, MAX_SAGA_REASON_BYTES, MAX_SAGA_TIMEOUT_MS,
+    MAX_TXN_OPS,
+};
 
 /// Default page size of Range.
 pub const DEFAULT_RANGE_LIMIT: u32 = 1_000;
@@ -65,13 +68,57 @@ pub fn ids(request_id: &str, saga_id: &str) -> Result<(), Error> {
             request_id.len()
         ));
     }
-    if saga_id.len() > MAX_REQUEST_ID_BYTES {
-        return invalid(format!(
-            "saga_id is {} bytes, over the limit of {MAX_REQUEST_ID_BYTES}",
-            saga_id.len()
-        ));
+    if !saga_id.is_empty() {
+        self::saga_id(saga_id)?;
     }
     Ok(())
+}
+
+/// Check a saga id: 1..=128 bytes of printable ASCII.
+pub fn saga_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
+        return invalid(format!(
+            "saga_id is {} bytes; it must be 1..={MAX_REQUEST_ID_BYTES} bytes",
+            id.len()
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return invalid("saga_id must be printable ASCII");
+    }
+    Ok(())
+}
+
+/// Validate an OpenSaga.
+pub fn open_saga(r: &pb::OpenSagaRequest) -> Result<Op, Error> {
+    saga_id(&r.saga_id)?;
+    ids(&r.request_id, "")?;
+    if r.timeout_ms == 0 || r.timeout_ms > MAX_SAGA_TIMEOUT_MS {
+        return invalid(format!(
+            "open_saga: timeout_ms {} must be 1..={MAX_SAGA_TIMEOUT_MS}",
+            r.timeout_ms
+        ));
+    }
+    Ok(Op::SagaOpen { saga_id: r.saga_id.clone(), timeout_ms: r.timeout_ms })
+}
+
+/// Validate a CommitSaga.
+pub fn commit_saga(r: &pb::CommitSagaRequest) -> Result<Op, Error> {
+    saga_id(&r.saga_id)?;
+    ids(&r.request_id, "")?;
+    Ok(Op::SagaCommit { saga_id: r.saga_id.clone() })
+}
+
+/// Validate an AbortSaga.
+pub fn abort_saga(r: &pb::AbortSagaRequest) -> Result<Op, Error> {
+    saga_id(&r.saga_id)?;
+    ids(&r.request_id, "")?;
+    if r.reason.len() > MAX_SAGA_REASON_BYTES {
+        return invalid(format!(
+            "abort_saga: reason is {} bytes, over the limit of {MAX_SAGA_REASON_BYTES}",
+            r.reason.len()
+        ));
+    }
+    Ok(Op::SagaAbort { saga_id: r.saga_id.clone(), reason: r.reason.clone() })
 }
 
 /// Read consistency, validated.
@@ -302,6 +349,22 @@ mod tests {
         expect_invalid(put(&L, &r), "limit of 8 bytes");
         let r = pb::PutRequest { key: b"k".to_vec(), value: vec![0; 17], ..Default::default() };
         expect_invalid(put(&L, &r), "limit of 16 bytes");
+    }
+
+    #[test]
+    fn saga_requests_are_validated() {
+        let r = pb::OpenSagaRequest { saga_id: "s".into(), timeout_ms: 0, ..Default::default() };
+        expect_invalid(open_saga(&r), "timeout_ms 0");
+        let r = pb::OpenSagaRequest { saga_id: "".into(), timeout_ms: 5, ..Default::default() };
+        expect_invalid(open_saga(&r), "1..=128");
+        let r = pb::CommitSagaRequest { saga_id: "a\u{7}".into(), ..Default::default() };
+        expect_invalid(commit_saga(&r), "printable");
+        let r = pb::OpenSagaRequest {
+            saga_id: "s".into(),
+            timeout_ms: MAX_SAGA_TIMEOUT_MS + 1,
+            ..Default::default()
+        };
+        expect_invalid(open_saga(&r), "must be 1..=");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //!   the active state-machine generation;
 //! - `raft_log`: log entries keyed by big-endian index;
 //! - `sm-<gen>`: the state machine, one tree so every entry applies as one atomic
-//!   batch (records, metadata and exactly-once entries together). A snapshot install
+//!   batch (records, metadata, exactly-once entries, sagas and the binlog events of
+//!   the entry together, see [`binlog`]). A snapshot install
 //!   fills a new generation and switches the pointer atomically.
 //!
 //! sled is only touched from this module so another engine could replace it here.
 
 pub mod apply;
+pub mod binlog;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;

@@ -6,6 +6,9 @@
 //! - `m<name>` → metadata: applied log id, membership, last HLC, exactly-once count
 //! - `d<request_id>` → [`DedupEntry`] (exactly-once table)
 //! - `e<wall_ns BE><request_id>` → () (expiry index of the exactly-once table)
+//! - `s<saga_id>` → [`Saga`] (the replicated saga table)
+//! - `b<revision BE><index BE>` → binlog events and `mbinlog_*` metadata (see
+//!   [`super::binlog`]); written in the same batch as the change they describe
 //!
 //! Invariants: the applied log id only grows; the stored HLC strictly increases in log
 //! order; every record passes [`Record::check`] when written and when read; the
@@ -25,13 +28,15 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::apply::{apply_command, StateView};
+use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
 use super::snapshot::{write_snapshot, SnapshotReader};
 use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use super::{decode, encode, StorageError, Store, META_TREE};
 use crate::hlc::{Hlc, Timestamp};
-use crate::record::{ApplyResult, Outcome, Record};
+use crate::record::{ApplyResult, Outcome, Record, Saga};
 
 const REC: u8 = b'k';
+const SAGA: u8 = b's';
 const DEDUP: u8 = b'd';
 const EXPIRY: u8 = b'e';
 const APPLIED: &[u8] = b"mapplied";
@@ -84,6 +89,13 @@ fn rec_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
+fn saga_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(SAGA);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 fn dedup_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
     k.push(DEDUP);
@@ -106,6 +118,9 @@ fn tree_name(gen: u64) -> String {
 /// The active tree, shared between the state machine and readers.
 struct Shared {
     tree: RwLock<sled::Tree>,
+    /// The last applied revision, published after every applied batch (binlog readers
+    /// wait on it instead of polling).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -131,6 +146,39 @@ fn read_record(tree: &sled::Tree, key: &[u8]) -> Result<Option<Record>, StorageE
         }
         None => Ok(None),
     }
+}
+
+fn read_saga(tree: &sled::Tree, id: &str) -> Result<Option<Saga>, StorageError> {
+    get_meta(tree, &saga_key(id))
+}
+
+/// A page of binlog events read by [`SmReader::read_events`].
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    /// Matching events in order.
+    pub events: Vec<BinlogEvent>,
+    /// The position to read from next.
+    pub next: (u64, u32),
+    /// True when the scan reached the end of the binlog.
+    pub at_end: bool,
+}
+
+/// A binlog read failure the caller must handle.
+#[derive(Debug, thiserror::Error)]
+pub enum BinlogReadError {
+    /// The position was trimmed by retention.
+    #[error(
+        "revision {requested} is no longer retained; the oldest retained revision is {oldest}"
+    )]
+    Compacted {
+        /// The requested revision.
+        requested: u64,
+        /// The oldest retained revision.
+        oldest: u64,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Read-only view of the state machine for serving reads. Cheap to clone.
@@ -180,6 +228,78 @@ impl SmReader {
         Ok(out)
     }
 
+    /// The saga `id`, if any.
+    pub fn saga(&self, id: &str) -> Result<Option<Saga>, StorageError> {
+        read_saga(&self.shared.tree(), id)
+    }
+
+    /// A receiver of the last applied revision (changes after every applied batch).
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// The oldest retained binlog revision (at least 1).
+    pub fn binlog_oldest(&self) -> Result<u64, StorageError> {
+        Ok(get_meta::<u64>(&self.shared.tree(), binlog::FLOOR_KEY)?.unwrap_or(0).max(1))
+    }
+
+    /// The chain hash of the last binlog event (zeros before the first).
+    pub fn binlog_chain_head(&self) -> Result<ChainHash, StorageError> {
+        Ok(get_meta(&self.shared.tree(), binlog::CHAIN_KEY)?.unwrap_or([0; 16]))
+    }
+
+    /// Read binlog events from position `from` on: at most `scan` events are looked at
+    /// and at most `limit` matching `filter` returned. Fails with
+    /// [`BinlogReadError::Compacted`] when events at or after `from` were trimmed.
+    pub fn read_events(
+        &self,
+        from: (u64, u32),
+        scan: usize,
+        limit: usize,
+        filter: impl Fn(&BinlogEvent) -> bool,
+    ) -> Result<EventPage, BinlogReadError> {
+        let tree = self.shared.tree();
+        let mut page = EventPage { events: Vec::new(), next: from, at_end: true };
+        let lo = binlog::event_key(from.0, from.1).to_vec();
+        let mut scanned = 0usize;
+        for kv in tree.range(lo..[binlog::EVENT_PREFIX + 1].to_vec()) {
+            if scanned >= scan || page.events.len() >= limit {
+                page.at_end = false;
+                break;
+            }
+            let (k, v) = kv.map_err(StorageError::from)?;
+            let pos = binlog::parse_event_key(&k)
+                .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
+            let e: BinlogEvent = decode(&v)?;
+            scanned += 1;
+            page.next = (pos.0, pos.1.saturating_add(1));
+            if filter(&e) {
+                page.events.push(e);
+            }
+        }
+        // Read the floor after the events: trims only move it up, atomically with the
+        // removal, so a floor still <= from proves nothing at or after `from` was lost.
+        let floor: u64 = get_meta(&tree, binlog::FLOOR_KEY)?.unwrap_or(0);
+        if from.0 < floor {
+            return Err(BinlogReadError::Compacted { requested: from.0, oldest: floor });
+        }
+        Ok(page)
+    }
+
+    /// FAULT INJECTION ONLY: overwrite `key`'s value in this replica's state machine,
+    /// keeping its version metadata (the hash is fixed so reads still pass
+    /// [`Record::check`]), without Raft and without a binlog event. The replica
+    /// silently diverges. Returns whether the key existed (nothing is written if not).
+    pub fn corrupt_record(&self, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
+        let tree = self.shared.tree();
+        let Some(mut r) = read_record(&tree, key)? else { return Ok(false) };
+        r.value = value.to_vec();
+        r.hash = crate::record::value_hash(value);
+        r.check().map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        tree.insert(rec_key(key), encode(&r)?)?;
+        Ok(true)
+    }
+
     /// The applied index and HLC.
     pub fn applied(&self) -> Result<AppliedPoint, StorageError> {
         let tree = self.shared.tree();
@@ -198,6 +318,7 @@ pub struct StateMachine {
     hlc: Hlc,
     dedup: DedupLimits,
     dedup_stats: Arc<DedupStats>,
+    retention: RetentionLimits,
 }
 
 struct TreeView<'a>(&'a sled::Tree);
@@ -205,6 +326,9 @@ struct TreeView<'a>(&'a sled::Tree);
 impl StateView for TreeView<'_> {
     fn record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
         read_record(self.0, key)
+    }
+    fn saga(&self, id: &str) -> Result<Option<Saga>, StorageError> {
+        read_saga(self.0, id)
     }
 }
 
@@ -224,7 +348,9 @@ impl StateMachine {
         let tree = store.db().open_tree(&active)?;
         let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
         hlc.observe(last);
-        let shared = Arc::new(Shared { tree: RwLock::new(tree) });
+        let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
+        let (applied, _) = tokio::sync::watch::channel(applied.map_or(0, |l| l.index));
+        let shared = Arc::new(Shared { tree: RwLock::new(tree), applied });
         Ok(Self {
             store: store.clone(),
             raft_meta,
@@ -233,7 +359,15 @@ impl StateMachine {
             hlc,
             dedup,
             dedup_stats: Arc::default(),
+            retention: RetentionLimits::default(),
         })
+    }
+
+    /// Use these binlog retention limits (replicated behaviour: every replica of a
+    /// cluster must use the same).
+    pub fn with_binlog_retention(mut self, retention: RetentionLimits) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// A reader sharing this state machine's data.
@@ -282,14 +416,18 @@ impl StateMachine {
                         ApplyResult { duplicate: true, ..d.result }
                     }
                     None => {
-                        let (result, changes) =
+                        let (result, effects) =
                             apply_command(&TreeView(tree), revision, last_hlc, cmd)?;
-                        for c in &changes {
-                            match &c.after {
-                                Some(r) => batch.insert(rec_key(&c.key), encode(r)?),
-                                None => batch.remove(rec_key(&c.key)),
+                        for (key, after) in &effects.records {
+                            match after {
+                                Some(r) => batch.insert(rec_key(key), encode(r)?),
+                                None => batch.remove(rec_key(key)),
                             }
                         }
+                        for saga in &effects.sagas {
+                            batch.insert(saga_key(&saga.id), encode(saga)?);
+                        }
+                        self.append_events(tree, &mut batch, cmd, &result, effects.events)?;
                         batch.insert(LAST_HLC, encode(&result.hlc)?);
                         if !cmd.request_id.is_empty() {
                             self.remember(tree, &mut batch, &cmd.request_id, &result)?;
@@ -302,6 +440,69 @@ impl StateMachine {
         tree.apply_batch(batch)?;
         self.hlc.observe(result.hlc);
         Ok(result)
+    }
+
+    /// Seal the drafts of one command into binlog events (continuing the chain) and
+    /// trim old events, all in `batch`.
+    fn append_events(
+        &self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        cmd: &crate::record::Command,
+        result: &ApplyResult,
+        drafts: Vec<binlog::EventDraft>,
+    ) -> Result<(), StorageError> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let prev: ChainHash = get_meta(tree, binlog::CHAIN_KEY)?.unwrap_or([0; 16]);
+        let (events, head) =
+            binlog::seal(result.revision, result.hlc, &cmd.request_id, &cmd.trace_id, drafts, prev);
+        let mut count: u64 = get_meta(tree, binlog::COUNT_KEY)?.unwrap_or(0);
+        for e in &events {
+            batch.insert(&binlog::event_key(e.revision, e.index)[..], encode(e)?);
+        }
+        count += events.len() as u64;
+        batch.insert(binlog::CHAIN_KEY, encode(&head)?);
+        self.trim_events(tree, batch, &mut count, result.hlc.wall_ns)?;
+        batch.insert(binlog::COUNT_KEY, encode(&count)?);
+        Ok(())
+    }
+
+    /// Remove the oldest events while retention says so: whole revisions, at most
+    /// [`binlog::TRIM_EVENTS_PER_APPLY`] events plus the rest of the last revision.
+    fn trim_events(
+        &self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        count: &mut u64,
+        now_wall_ns: u64,
+    ) -> Result<(), StorageError> {
+        let mut trimming: Option<u64> = None;
+        let mut trimmed = 0usize;
+        for kv in tree.scan_prefix([binlog::EVENT_PREFIX]) {
+            let (k, v) = kv?;
+            let (rev, _) = binlog::parse_event_key(&k)
+                .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
+            let finish_revision = trimming == Some(rev);
+            if !finish_revision {
+                if trimmed >= binlog::TRIM_EVENTS_PER_APPLY {
+                    break;
+                }
+                let e: BinlogEvent = decode(&v)?;
+                if !self.retention.must_trim(*count, e.hlc.wall_ns, now_wall_ns) {
+                    break;
+                }
+                trimming = Some(rev);
+            }
+            batch.remove(k);
+            *count = count.saturating_sub(1);
+            trimmed += 1;
+        }
+        if let Some(rev) = trimming {
+            batch.insert(binlog::FLOOR_KEY, encode(&(rev + 1))?);
+        }
+        Ok(())
     }
 
     /// Add `id` to the exactly-once table and expire/evict old ids, in `batch`.
@@ -433,6 +634,7 @@ impl StateMachine {
         self.gen = gen;
         let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
         self.hlc.observe(last);
+        self.shared.applied.send_replace(applied.map_or(0, |l| l.index));
         // Keep the installed snapshot as ours, so we can serve it to others.
         let name = super::snapshot::file_name(meta);
         let dir = self.store.snapshot_dir();
@@ -492,6 +694,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 tracing::error!(error = %e, log_id = %entry.log_id, "apply failed: stopping to avoid divergence");
                 io::Error::from(e)
             })?;
+            self.shared.applied.send_replace(entry.log_id.index);
             if let Some(r) = responder {
                 r.send(result);
             }
@@ -620,5 +823,82 @@ mod tests {
         assert_eq!(f.version("d"), 1, "a remembered id is still deduplicated");
         f.put(201, "a", "a").await;
         assert_eq!(f.version("a"), 2, "the evicted oldest id is applied again");
+    }
+
+    fn all_events(sm: &StateMachine) -> Vec<BinlogEvent> {
+        let r = sm.reader();
+        let from = (r.binlog_oldest().expect("oldest"), 0);
+        r.read_events(from, usize::MAX, usize::MAX, |_| true).expect("read").events
+    }
+
+    #[tokio::test]
+    async fn every_write_appends_one_chained_event_and_duplicates_none() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        f.put(100, "a", "k").await;
+        f.put(101, "b", "k").await;
+        f.put(102, "b", "k").await; // retry: no event
+        let ev = all_events(&f.sm);
+        assert_eq!(ev.len(), 2);
+        assert_eq!((ev[0].revision, ev[1].revision), (1, 2));
+        assert_eq!(ev[1].before_version(), 1);
+        assert_eq!(ev[1].chain_hash, binlog::chain_hash(&ev[0].chain_hash, &ev[1]));
+        assert_eq!(f.sm.reader().binlog_chain_head().expect("head"), ev[1].chain_hash);
+    }
+
+    #[tokio::test]
+    async fn retention_trims_the_oldest_revisions_and_reports_compaction() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 100 });
+        f.sm.retention = RetentionLimits { max_events: 3, max_age_ns: u64::MAX / 2 };
+        for i in 0..6u64 {
+            f.put(100 + i, &format!("r{i}"), "k").await;
+        }
+        let ev = all_events(&f.sm);
+        assert_eq!(ev.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![4, 5, 6]);
+        let r = f.sm.reader();
+        assert_eq!(r.binlog_oldest().expect("oldest"), 4);
+        match r.read_events((2, 0), 10, 10, |_| true) {
+            Err(BinlogReadError::Compacted { requested: 2, oldest: 4 }) => {}
+            other => panic!("expected Compacted, got {other:?}"),
+        }
+        // By age: a write far in the future trims everything older.
+        f.sm.retention = RetentionLimits { max_events: 100, max_age_ns: 10 };
+        f.put(10_000, "late", "k").await;
+        let ev = all_events(&f.sm);
+        assert_eq!(ev.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![7]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_carries_the_binlog_and_its_chain() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        for i in 0..5u64 {
+            f.put(100 + i, &format!("r{i}"), &format!("k{i}")).await;
+        }
+        let snap = f.sm.build_snapshot_now().expect("snapshot");
+        let mut g = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        let mut file = snap.snapshot;
+        g.sm.install(&snap.meta, &mut file).expect("install");
+        assert_eq!(all_events(&g.sm), all_events(&f.sm));
+        assert_eq!(*g.sm.reader().applied_watch().borrow(), 5);
+        // Both continue the same chain.
+        f.put(200, "x", "k9").await;
+        g.next = 6;
+        g.put(200, "x", "k9").await;
+        assert_eq!(
+            f.sm.reader().binlog_chain_head().expect("f"),
+            g.sm.reader().binlog_chain_head().expect("g")
+        );
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_keeps_the_version_and_surfaces_in_the_next_event() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        f.put(100, "a", "k").await;
+        assert!(f.sm.reader().corrupt_record(b"k", b"evil").expect("corrupt"));
+        assert_eq!(f.version("k"), 1);
+        assert_eq!(all_events(&f.sm).len(), 1, "no event for the corruption");
+        f.put(101, "b", "k").await;
+        let ev = all_events(&f.sm);
+        assert_eq!(ev[1].before.as_ref().map(|r| r.value.clone()), Some(b"evil".to_vec()));
+        assert!(!f.sm.reader().corrupt_record(b"absent", b"x").expect("absent"));
     }
 }
