@@ -142,7 +142,8 @@ impl Subscriber {
             Ok(r) => r.into_inner(),
             Err(status) => return self.status_end(&status),
         };
-        if self.out.send(StreamMsg::Resubscribed { endpoint: self.endpoint.clone() }).await.is_err() {
+        if self.out.send(StreamMsg::Resubscribed { endpoint: self.endpoint.clone() }).await.is_err()
+        {
             return StreamEnd::Closed;
         }
         let mut acked: Option<Position> = None;
@@ -190,7 +191,10 @@ impl Subscriber {
     fn status_end(&self, status: &tonic::Status) -> StreamEnd {
         if status.code() == tonic::Code::OutOfRange {
             if let Some(oldest) = oldest_revision(status) {
-                let msg = StreamMsg::OutOfRange { endpoint: self.endpoint.clone(), oldest_revision: oldest };
+                let msg = StreamMsg::OutOfRange {
+                    endpoint: self.endpoint.clone(),
+                    oldest_revision: oldest,
+                };
                 return match self.out.try_send(msg) {
                     Ok(()) => StreamEnd::From(oldest),
                     Err(mpsc::error::TrySendError::Closed(_)) => StreamEnd::Closed,

@@ -82,10 +82,9 @@ impl Kind {
             | Kind::BeforeVersionMismatch
             | Kind::HlcRegression
             | Kind::PositionOrder => Level::P1,
-            Kind::EventsLost
-            | Kind::InvariantBroken
-            | Kind::SagaStuck
-            | Kind::SagaStepConflict => Level::P2,
+            Kind::EventsLost | Kind::InvariantBroken | Kind::SagaStuck | Kind::SagaStepConflict => {
+                Level::P2
+            }
             Kind::Lag => Level::P3,
         }
     }

@@ -47,7 +47,11 @@ fn record(spec: &str) -> Option<RecordView> {
         return None;
     }
     let (version, value) = spec.split_once(':').unwrap_or((spec, ""));
-    Some(RecordView { value: value.as_bytes().to_vec(), version: num(version, "version"), revision: 0 })
+    Some(RecordView {
+        value: value.as_bytes().to_vec(),
+        version: num(version, "version"),
+        revision: 0,
+    })
 }
 
 fn node_of(endpoint: &str) -> u64 {
@@ -160,7 +164,8 @@ impl Script {
                 Vec::new()
             }
             "anchor" => {
-                let (i, rev, sum) = (num(words[1], "i"), num(words[2], "rev"), num(words[3], "sum"));
+                let (i, rev, sum) =
+                    (num(words[1], "i"), num(words[2], "rev"), num(words[3], "sum"));
                 self.checker().anchor(i, rev, sum);
                 Vec::new()
             }
@@ -235,8 +240,13 @@ fn golden_scripts_match() {
         if update {
             std::fs::write(&path, format!("{script}\n----\n{actual}")).expect("writable");
         } else if actual != expected {
-            failed.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", path.display()));
+            failed
+                .push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", path.display()));
         }
     }
-    assert!(failed.is_empty(), "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}",
+        failed.join("\n")
+    );
 }

@@ -70,7 +70,11 @@ pub fn parse_invariants(text: &str, origin: &str) -> Result<Vec<InvariantConfig>
     }
     for (i, inv) in file.invariant.iter().enumerate() {
         if inv.kind != "sum" {
-            return Err(bad(format!("invariant {}: unknown kind {:?} (known: \"sum\")", i + 1, inv.kind)));
+            return Err(bad(format!(
+                "invariant {}: unknown kind {:?} (known: \"sum\")",
+                i + 1,
+                inv.kind
+            )));
         }
         if inv.prefix.is_empty() {
             return Err(bad(format!("invariant {}: prefix must not be empty", i + 1)));
@@ -155,7 +159,11 @@ impl SumInvariant {
         }
         self.open_revision = Some(event.pos.revision);
         let before = event.before.as_ref().map(|r| r.value.as_slice());
-        let after = if event.op == Op::Put { event.after.as_ref().map(|r| r.value.as_slice()) } else { None };
+        let after = if event.op == Op::Put {
+            event.after.as_ref().map(|r| r.value.as_slice())
+        } else {
+            None
+        };
         let mut delta: i128 = 0;
         for (value, sign) in [(after, 1i128), (before, -1i128)] {
             if let Some(v) = value {

@@ -45,6 +45,11 @@ pub const PERSIST_INTERVAL: Duration = Duration::from_millis(200);
 pub const COMPENSATION_RETRY: Duration = Duration::from_secs(5);
 /// Default deadline of `--once` / `--until-revision`.
 pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Consecutive progress messages (no events) after which a stream counts as idle:
+/// everything its replica applied was delivered. One is not enough: a server whose
+/// window is full sends progress too, and the ack that empties it may still be on its
+/// way; the second comes a progress interval after it.
+pub const IDLE_PROGRESS_MESSAGES: u32 = 2;
 /// Endpoints checked at most.
 pub const MAX_ENDPOINTS: usize = 64;
 
@@ -70,8 +75,10 @@ pub struct CheckOptions {
     pub invariants: Vec<InvariantConfig>,
     /// Findings file (JSON lines, appended).
     pub findings_file: Option<PathBuf>,
-    /// Also print findings as JSON lines on stdout.
+    /// Also print findings on stdout.
     pub findings_stdout: bool,
+    /// On stdout, JSON lines rather than human lines.
+    pub json: bool,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
     /// When to stop.
@@ -96,6 +103,7 @@ impl CheckOptions {
             invariants: Vec::new(),
             findings_file: None,
             findings_stdout: true,
+            json: true,
             metrics_addr: None,
             stop: StopAt::Never,
             catch_up_timeout: DEFAULT_CATCH_UP_TIMEOUT,
@@ -117,7 +125,9 @@ impl CheckOptions {
         if unique.len() != self.endpoints.len() {
             return bad("an endpoint is listed twice".into());
         }
-        if let Some(bad_ep) = self.endpoints.iter().find(|e| e.is_empty() || e.contains(char::is_whitespace)) {
+        if let Some(bad_ep) =
+            self.endpoints.iter().find(|e| e.is_empty() || e.contains(char::is_whitespace))
+        {
             return bad(format!("malformed endpoint {bad_ep:?}"));
         }
         Ok(())
@@ -183,6 +193,8 @@ struct Loop {
     outcome: CheckOutcome,
     dirty: bool,
     last_save: Instant,
+    /// Consecutive progress messages per endpoint (see [`IDLE_PROGRESS_MESSAGES`]).
+    progress_streak: BTreeMap<String, u32>,
 }
 
 impl Loop {
@@ -221,7 +233,12 @@ impl Loop {
         Ok(())
     }
 
-    fn journal(&self, event: &str, saga_id: &str, extra: serde_json::Value) -> Result<(), CheckerError> {
+    fn journal(
+        &self,
+        event: &str,
+        saga_id: &str,
+        extra: serde_json::Value,
+    ) -> Result<(), CheckerError> {
         let mut line = serde_json::json!({
             "time_unix_ms": now_unix_ms(),
             "event": event,
@@ -270,12 +287,30 @@ pub async fn run(
     for endpoint in &options.endpoints {
         let (ctx, crx) = watch::channel(checker.cursor(endpoint));
         cursors.insert(endpoint.clone(), ctx);
-        let sub = Subscriber { endpoint: endpoint.clone(), client: client.clone(), cursor: crx, out: tx.clone() };
+        let sub = Subscriber {
+            endpoint: endpoint.clone(),
+            client: client.clone(),
+            cursor: crx,
+            out: tx.clone(),
+        };
         subscribers.spawn(sub.run());
     }
     drop(tx);
-    let sink = FindingSink { stdout: options.findings_stdout, file: options.findings_file.clone() };
-    let mut lp = Loop { checker, state_dir, sink, cursors, outcome: CheckOutcome::default(), dirty: false, last_save: Instant::now() };
+    let sink = FindingSink {
+        stdout: options.findings_stdout,
+        json: options.json,
+        file: options.findings_file.clone(),
+    };
+    let mut lp = Loop {
+        checker,
+        state_dir,
+        sink,
+        cursors,
+        outcome: CheckOutcome::default(),
+        dirty: false,
+        last_save: Instant::now(),
+        progress_streak: BTreeMap::new(),
+    };
     lp.save(true)?;
 
     let (comp_tx, mut comp_rx) = mpsc::channel::<AbortOutcome>(COMPENSATION_QUEUE);
@@ -365,7 +400,8 @@ pub async fn run(
         for id in due {
             retry_at.remove(&id);
             inflight.insert(id.clone());
-            let (client, endpoints, tx) = (client.clone(), options.endpoints.clone(), comp_tx.clone());
+            let (client, endpoints, tx) =
+                (client.clone(), options.endpoints.clone(), comp_tx.clone());
             let stall = options.stall_after_abort;
             tokio::spawn(async move {
                 let request_id = super::core::abort_request_id(&id);
@@ -396,6 +432,7 @@ fn handle_msg(
 ) -> Vec<Finding> {
     match msg {
         StreamMsg::Resubscribed { endpoint } => {
+            lp.progress_streak.remove(&endpoint);
             lp.checker.resubscribed(&endpoint);
             Vec::new()
         }
@@ -408,11 +445,16 @@ fn handle_msg(
             vec![lp.checker.events_lost(&endpoint, oldest_revision)]
         }
         StreamMsg::Batch { endpoint, node, events, applied_revision } => {
-            let idle = events.is_empty();
-            let findings = if idle {
+            let streak = lp.progress_streak.entry(endpoint.clone()).or_default();
+            *streak = if events.is_empty() { streak.saturating_add(1) } else { 0 };
+            let idle = *streak >= IDLE_PROGRESS_MESSAGES;
+            let findings = if events.is_empty() && !idle {
+                Vec::new()
+            } else if idle {
                 lp.checker.idle(&endpoint, node, applied_revision)
             } else {
-                let observed = lp.checker.observe(&endpoint, node, &events, applied_revision, now_unix_ms());
+                let observed =
+                    lp.checker.observe(&endpoint, node, &events, applied_revision, now_unix_ms());
                 lp.dirty |= observed.checked > 0;
                 lp.outcome.events += observed.checked;
                 metrics::counter!("meridian_checker_events_total", "node" => node.to_string())

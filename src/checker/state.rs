@@ -57,7 +57,8 @@ impl StateDir {
     /// The persisted state, if any.
     pub fn load(&self) -> Result<Option<CheckerState>, CheckerError> {
         let path = self.dir.join(STATE_FILE);
-        let bad = |message: String| CheckerError::State { path: path.display().to_string(), message };
+        let bad =
+            |message: String| CheckerError::State { path: path.display().to_string(), message };
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -85,7 +86,8 @@ impl StateDir {
         })?;
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let dest = self.dir.join(STATE_FILE);
-        let mut file = File::create(&tmp).map_err(io(format!("cannot create {}", tmp.display())))?;
+        let mut file =
+            File::create(&tmp).map_err(io(format!("cannot create {}", tmp.display())))?;
         file.write_all(STATE_MAGIC)
             .and_then(|()| file.write_all(&body))
             .and_then(|()| file.sync_all())
@@ -132,8 +134,10 @@ pub fn append_lines<T: serde::Serialize>(path: &Path, lines: &[T]) -> Result<(),
 /// Where findings go: stdout (JSON lines) and/or a file.
 #[derive(Debug)]
 pub struct FindingSink {
-    /// Also print each finding as a JSON line on stdout.
+    /// Also print each finding on stdout.
     pub stdout: bool,
+    /// On stdout: JSON lines (else one human line per finding).
+    pub json: bool,
     /// Append to this file (fsynced per batch).
     pub file: Option<PathBuf>,
 }
@@ -150,12 +154,33 @@ impl FindingSink {
         if self.stdout {
             let mut out = std::io::stdout().lock();
             for r in records {
-                if let Ok(line) = serde_json::to_string(r) {
-                    let _ = writeln!(out, "{line}");
+                if self.json {
+                    if let Ok(line) = serde_json::to_string(r) {
+                        let _ = writeln!(out, "{line}");
+                    }
+                } else {
+                    let _ = writeln!(out, "{}", human(&r.finding));
                 }
             }
             let _ = out.flush();
         }
         Ok(())
     }
+}
+
+/// One human line for a finding: `P1 divergence at 7.0 [node 2] key a: message`.
+pub fn human(f: &super::finding::Finding) -> String {
+    let mut line = format!("{} {}", f.level.as_str(), f.kind.as_str());
+    match (f.revision, f.index) {
+        (Some(r), Some(i)) => line.push_str(&format!(" at {r}.{i}")),
+        (Some(r), None) => line.push_str(&format!(" at {r}")),
+        _ => {}
+    }
+    if !f.nodes.is_empty() {
+        let nodes: Vec<String> = f.nodes.iter().map(u64::to_string).collect();
+        line.push_str(&format!(" [node {}]", nodes.join(",")));
+    }
+    line.push_str(": ");
+    line.push_str(&f.message);
+    line
 }

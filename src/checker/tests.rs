@@ -14,7 +14,11 @@ fn put(rev: u64, key: &str, bv: u64, value: &str, hash: &str) -> Event {
         op: Op::Put,
         before_version: bv,
         before: (bv > 0).then(|| RecordView { value: b"0".to_vec(), version: bv, revision: 0 }),
-        after: Some(RecordView { value: value.as_bytes().to_vec(), version: bv + 1, revision: rev }),
+        after: Some(RecordView {
+            value: value.as_bytes().to_vec(),
+            version: bv + 1,
+            revision: rev,
+        }),
         request_id: format!("r{rev}"),
         saga_id: String::new(),
         saga_deadline_unix_ms: 0,
