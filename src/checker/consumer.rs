@@ -217,8 +217,7 @@ pub fn oldest_revision(status: &tonic::Status) -> Option<u64> {
     }
     status
         .message()
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .last()
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
         .and_then(|s| s.parse().ok())
 }
