@@ -145,6 +145,41 @@ pub struct CheckOutcome {
     pub compensated_sagas: u64,
     /// Last checked position per endpoint.
     pub cursors: BTreeMap<String, Option<Position>>,
+    /// Lag of the events checked during this run (event HLC to checked).
+    pub lag: LagStats,
+}
+
+/// Percentiles of the time from an event's HLC (stamped when its write was proposed)
+/// to the moment the checker checked it, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LagStats {
+    /// Events measured.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: u64,
+    /// 99th percentile, ms.
+    pub p99_ms: u64,
+    /// Largest, ms.
+    pub max_ms: u64,
+}
+
+/// Largest lag the run's histogram records, ms (larger values are clamped).
+pub const MAX_RECORDED_LAG_MS: u64 = 3_600_000;
+
+fn lag_histogram() -> Option<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::new_with_bounds(1, MAX_RECORDED_LAG_MS, 3).ok()
+}
+
+fn lag_stats(h: &Option<hdrhistogram::Histogram<u64>>) -> LagStats {
+    match h {
+        Some(h) if !h.is_empty() => LagStats {
+            count: h.len(),
+            p50_ms: h.value_at_quantile(0.5),
+            p99_ms: h.value_at_quantile(0.99),
+            max_ms: h.max(),
+        },
+        _ => LagStats::default(),
+    }
 }
 
 impl CheckOutcome {
@@ -195,6 +230,8 @@ struct Loop {
     last_save: Instant,
     /// Consecutive progress messages per endpoint (see [`IDLE_PROGRESS_MESSAGES`]).
     progress_streak: BTreeMap<String, u32>,
+    /// Lag of the events checked in this run, ms.
+    lag: Option<hdrhistogram::Histogram<u64>>,
 }
 
 impl Loop {
@@ -310,6 +347,7 @@ pub async fn run(
         dirty: false,
         last_save: Instant::now(),
         progress_streak: BTreeMap::new(),
+        lag: lag_histogram(),
     };
     lp.save(true)?;
 
@@ -419,6 +457,7 @@ pub async fn run(
         }
     }
     subscribers.abort_all();
+    lp.outcome.lag = lag_stats(&lp.lag);
     lp.outcome.cursors =
         options.endpoints.iter().map(|e| (e.clone(), lp.checker.cursor(e))).collect();
     Ok(lp.outcome)
@@ -461,6 +500,9 @@ fn handle_msg(
                     .increment(observed.checked);
                 for ms in &observed.lag_ms {
                     metrics::histogram!("meridian_checker_lag_seconds").record(*ms as f64 / 1000.0);
+                    if let Some(h) = lp.lag.as_mut() {
+                        h.saturating_record((*ms).clamp(1, MAX_RECORDED_LAG_MS));
+                    }
                 }
                 observed.findings
             };

@@ -159,6 +159,7 @@ fn print_summary(outcome: &CheckOutcome, json: bool) {
             "findings": levels,
             "compensated_sagas": outcome.compensated_sagas,
             "cursors": cursors,
+            "lag_ms": {"p50": outcome.lag.p50_ms, "p99": outcome.lag.p99_ms, "max": outcome.lag.max_ms},
         });
         println!("{line}");
     } else {
@@ -170,10 +171,14 @@ fn print_summary(outcome: &CheckOutcome, json: bool) {
             .map(|(e, c)| format!("{e}@{}", c.map_or("-".to_string(), |p| p.to_string())))
             .collect();
         println!(
-            "checked {} event(s); findings: {}; compensated sagas: {}; cursors: {}",
+            "checked {} event(s); findings: {}; compensated sagas: {}; lag p50/p99/max {}/{}/{} ms; \
+             cursors: {}",
             outcome.events,
             if levels.is_empty() { "none".to_string() } else { levels.join(" ") },
             outcome.compensated_sagas,
+            outcome.lag.p50_ms,
+            outcome.lag.p99_ms,
+            outcome.lag.max_ms,
             cursors.join(" ")
         );
     }
