@@ -75,6 +75,33 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
         &["meridian kv del greeting", "meridian kv del greeting --expected-version 2"],
     ),
     (
+        "meridian kv watch",
+        &["meridian kv watch greeting", "meridian kv watch --prefix account/ --from 120 --json"],
+    ),
+    ("meridian binlog", &["meridian binlog tail --from 1 --limit 10"]),
+    (
+        "meridian binlog tail",
+        &[
+            "meridian binlog tail --endpoint 127.0.0.1:7002 --from 1   # JSON lines, follows",
+            "meridian binlog tail --prefix account/ --include-saga-events --limit 100",
+        ],
+    ),
+    (
+        "meridian saga",
+        &[
+            "meridian saga open transfer-7 --deadline 30s",
+            "meridian kv put account/alice 70 --saga transfer-7",
+            "meridian saga commit transfer-7",
+        ],
+    ),
+    ("meridian saga open", &["meridian saga open transfer-7 --deadline 30s"]),
+    (
+        "meridian saga commit",
+        &["meridian saga commit transfer-7   # exit 2 if it expired or was aborted"],
+    ),
+    ("meridian saga abort", &["meridian saga abort transfer-7 --reason \"client gave up\""]),
+    ("meridian saga get", &["meridian saga get transfer-7 --json"]),
+    (
         "meridian kv scan",
         &["meridian kv scan --prefix account/", "meridian kv scan --start a --end m --limit 100"],
     ),

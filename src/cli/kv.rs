@@ -94,6 +94,9 @@ pub enum KvCommand {
         /// Idempotency key (default: a random 128-bit id).
         #[arg(long)]
         request_id: Option<String>,
+        /// Write as a step of this open saga (the record stays PENDING until commit).
+        #[arg(long)]
+        saga: Option<String>,
     },
     /// Write a key only at a version (0 = create only); exit 1 on a conflict.
     Cas {
@@ -117,6 +120,9 @@ pub enum KvCommand {
         /// Idempotency key (default: a random 128-bit id).
         #[arg(long)]
         request_id: Option<String>,
+        /// Delete as a step of this open saga.
+        #[arg(long)]
+        saga: Option<String>,
     },
     /// List keys in order, by prefix or from a start key.
     Scan {
@@ -154,6 +160,25 @@ pub enum KvCommand {
         /// Idempotency key (default: a random 128-bit id).
         #[arg(long)]
         request_id: Option<String>,
+        /// Run as a step of this open saga (written records stay PENDING).
+        #[arg(long)]
+        saga: Option<String>,
+    },
+    /// Stream changes to a key or prefix (from the first endpoint's binlog) until
+    /// interrupted or --limit events.
+    Watch {
+        /// The key (omit with --prefix).
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Every key with this prefix ("" for all keys).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// First revision (default: changes after now).
+        #[arg(long = "from", default_value_t = 0)]
+        from_revision: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
     },
 }
 
@@ -232,8 +257,9 @@ async fn execute(client: &Client, command: KvCommand, out: Printer) -> CliResult
             let resp = client.get(key.as_bytes(), options).await.map_err(client_error)?;
             out.get(&key, resp)
         }
-        KvCommand::Put { key, value, expected_version, request_id } => {
-            let options = PutOptions { expected_version, request_id, ..PutOptions::default() };
+        KvCommand::Put { key, value, expected_version, request_id, saga } => {
+            let options =
+                PutOptions { expected_version, request_id, saga_id: saga, ..PutOptions::default() };
             let resp = client.put_with(key, value, options).await.map_err(client_error)?;
             out.put(expected_version, resp)
         }
@@ -246,9 +272,13 @@ async fn execute(client: &Client, command: KvCommand, out: Printer) -> CliResult
             let resp = client.put_with(key, new_value, options).await.map_err(client_error)?;
             out.put(Some(expected_version), resp)
         }
-        KvCommand::Del { key, expected_version, request_id } => {
-            let options =
-                DeleteOptions { expected_version, request_id, ..DeleteOptions::default() };
+        KvCommand::Del { key, expected_version, request_id, saga } => {
+            let options = DeleteOptions {
+                expected_version,
+                request_id,
+                saga_id: saga,
+                ..DeleteOptions::default()
+            };
             let resp = client.delete(key.as_bytes(), options).await.map_err(client_error)?;
             out.delete(&key, expected_version, resp)
         }
@@ -267,10 +297,21 @@ async fn execute(client: &Client, command: KvCommand, out: Printer) -> CliResult
             let all = client.range_all(options, limit).await.map_err(client_error)?;
             out.scan(&all.records, all.more)
         }
-        KvCommand::Txn { compares, success, failure, request_id } => {
-            let txn = build_txn(&compares, &success, &failure, request_id)?;
+        KvCommand::Txn { compares, success, failure, request_id, saga } => {
+            let mut txn = build_txn(&compares, &success, &failure, request_id)?;
+            if let Some(s) = saga {
+                txn = txn.saga_id(s);
+            }
             let resp = client.txn(txn.clone()).await.map_err(client_error)?;
             out.txn(&txn, resp)
+        }
+        KvCommand::Watch { key, prefix, from_revision, limit } => {
+            let options = crate::client::WatchOptions {
+                key: key.unwrap_or_default().into_bytes(),
+                prefix: prefix.unwrap_or_default().into_bytes(),
+                from_revision,
+            };
+            super::binlog::watch(client, options, limit, out.json).await
         }
     }
 }
@@ -300,23 +341,23 @@ fn build_txn(
 }
 
 /// Text form of bytes: the string when valid UTF-8, else `0x` and hex.
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_string(),
         Err(_) => format!("0x{}", hex(bytes)),
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `wall_ns.logical@node`.
-fn hlc_text(hlc: Option<&pb::Hlc>) -> String {
+pub(crate) fn hlc_text(hlc: Option<&pb::Hlc>) -> String {
     hlc.map_or_else(|| "-".to_string(), |h| format!("{}.{}@{}", h.wall_ns, h.logical, h.node))
 }
 
-fn status_text(r: &pb::Record) -> String {
+pub(crate) fn status_text(r: &pb::Record) -> String {
     match pb::RecordStatus::try_from(r.status) {
         Ok(pb::RecordStatus::Pending) => format!("pending({})", r.saga_id),
         Ok(pb::RecordStatus::Compensated) => "compensated".into(),
@@ -325,7 +366,7 @@ fn status_text(r: &pb::Record) -> String {
 }
 
 /// The indented metadata line under a record.
-fn meta_line(r: &pb::Record) -> String {
+pub(crate) fn meta_line(r: &pb::Record) -> String {
     let source =
         r.source.as_ref().map_or_else(|| "-".into(), |s| format!("{}/{}", s.node_id, s.region));
     let mut line = format!(
@@ -344,7 +385,7 @@ fn meta_line(r: &pb::Record) -> String {
 }
 
 /// Put `bytes` in `obj` as `<field>` (UTF-8) or `<field>_base64`.
-fn put_bytes(obj: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
+pub(crate) fn put_bytes(obj: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
     match std::str::from_utf8(bytes) {
         Ok(s) => obj.insert(field.into(), json!(s)),
         Err(_) => obj.insert(
@@ -355,7 +396,7 @@ fn put_bytes(obj: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]
 }
 
 /// A record as a JSON object.
-fn record_json(r: &pb::Record) -> Value {
+pub(crate) fn record_json(r: &pb::Record) -> Value {
     let mut obj = serde_json::Map::new();
     put_bytes(&mut obj, "key", &r.key);
     put_bytes(&mut obj, "value", &r.value);

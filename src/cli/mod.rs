@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod bench;
+pub mod binlog;
 pub mod check;
 pub mod cluster;
 pub mod completions;
@@ -73,6 +74,10 @@ pub enum Command {
     /// Check every replica's binlog continuously: divergence, continuity, invariants,
     /// stuck sagas (compensated).
     Check(check::CheckArgs),
+    /// Stream a replica's binlog.
+    Binlog(binlog::BinlogArgs),
+    /// Open, commit, abort and inspect sagas (multi-step writes with compensation).
+    Saga(binlog::SagaArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
@@ -112,6 +117,8 @@ pub fn main() -> ExitCode {
         Command::Kv(args) => kv::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Check(args) => check::run_check(args),
+        Command::Binlog(args) => binlog::run(args),
+        Command::Saga(args) => binlog::run_saga(args),
         Command::Completions(args) => completions::run_completions(args, command()),
         Command::Man(args) => completions::run_man(args, command()),
     };

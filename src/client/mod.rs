@@ -42,6 +42,7 @@ use pb::cluster_client::ClusterClient;
 use pb::kv_client::KvClient;
 
 pub mod bench;
+pub mod binlog;
 pub mod breaker;
 mod call;
 pub mod clock;
@@ -53,6 +54,7 @@ pub mod request_id;
 pub mod retry;
 pub mod txn;
 
+pub use binlog::{SagaOptions, StreamError, SubscribeOptions, Subscription, WatchOptions};
 pub use breaker::BreakerState;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BreakerConfig, ClientConfig, RetryConfig};

@@ -421,7 +421,7 @@ pub fn collapse_steps(steps: &[SagaStep]) -> Vec<(usize, Vec<u8>, Option<Record>
             }
         }
     }
-    plan.sort_by(|a, b| b.0.cmp(&a.0));
+    plan.sort_by_key(|p| std::cmp::Reverse(p.0));
     plan
 }
 

@@ -6,7 +6,8 @@
 //! - `m<name>` → metadata: applied log id, membership, last HLC, exactly-once count
 //! - `d<request_id>` → [`DedupEntry`] (exactly-once table)
 //! - `e<wall_ns BE><request_id>` → () (expiry index of the exactly-once table)
-//! - `s<saga_id>` → [`Saga`] (the replicated saga table)
+//! - `s<saga_id>` → [`Saga`] (the replicated saga table); `c<closed wall_ns BE><id>`
+//!   indexes closed sagas, forgotten once older than the binlog retention age
 //! - `b<revision BE><index BE>` → binlog events and `mbinlog_*` metadata (see
 //!   [`super::binlog`]); written in the same batch as the change they describe
 //!
@@ -37,6 +38,9 @@ use crate::record::{ApplyResult, Outcome, Record, Saga};
 
 const REC: u8 = b'k';
 const SAGA: u8 = b's';
+const SAGA_CLOSED: u8 = b'c';
+/// Max closed sagas forgotten per applied entry (bounds apply latency).
+pub const SAGA_EVICT_PER_APPLY: usize = 16;
 const DEDUP: u8 = b'd';
 const EXPIRY: u8 = b'e';
 const APPLIED: &[u8] = b"mapplied";
@@ -92,6 +96,14 @@ fn rec_key(key: &[u8]) -> Vec<u8> {
 fn saga_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
     k.push(SAGA);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn saga_closed_key(wall_ns: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 9);
+    k.push(SAGA_CLOSED);
+    k.extend_from_slice(&wall_ns.to_be_bytes());
     k.extend_from_slice(id.as_bytes());
     k
 }
@@ -261,8 +273,8 @@ impl SmReader {
         let tree = self.shared.tree();
         let mut page = EventPage { events: Vec::new(), next: from, at_end: true };
         let lo = binlog::event_key(from.0, from.1).to_vec();
-        let mut scanned = 0usize;
-        for kv in tree.range(lo..[binlog::EVENT_PREFIX + 1].to_vec()) {
+        let hi = [binlog::EVENT_PREFIX + 1].to_vec();
+        for (scanned, kv) in tree.range(lo..hi).enumerate() {
             if scanned >= scan || page.events.len() >= limit {
                 page.at_end = false;
                 break;
@@ -271,7 +283,6 @@ impl SmReader {
             let pos = binlog::parse_event_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
             let e: BinlogEvent = decode(&v)?;
-            scanned += 1;
             page.next = (pos.0, pos.1.saturating_add(1));
             if filter(&e) {
                 page.events.push(e);
@@ -426,7 +437,12 @@ impl StateMachine {
                         }
                         for saga in &effects.sagas {
                             batch.insert(saga_key(&saga.id), encode(saga)?);
+                            if saga.state != crate::record::SagaState::Open {
+                                batch
+                                    .insert(saga_closed_key(result.hlc.wall_ns, &saga.id), &[][..]);
+                            }
                         }
+                        self.forget_closed_sagas(tree, &mut batch, result.hlc.wall_ns)?;
                         self.append_events(tree, &mut batch, cmd, &result, effects.events)?;
                         batch.insert(LAST_HLC, encode(&result.hlc)?);
                         if !cmd.request_id.is_empty() {
@@ -440,6 +456,33 @@ impl StateMachine {
         tree.apply_batch(batch)?;
         self.hlc.observe(result.hlc);
         Ok(result)
+    }
+
+    /// Forget sagas closed longer than the binlog retention age ago (their events are
+    /// gone too), at most [`SAGA_EVICT_PER_APPLY`] per entry, in `batch`.
+    fn forget_closed_sagas(
+        &self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        now_wall_ns: u64,
+    ) -> Result<(), StorageError> {
+        let cutoff = now_wall_ns.saturating_sub(self.retention.max_age_ns);
+        for kv in tree.scan_prefix([SAGA_CLOSED]).take(SAGA_EVICT_PER_APPLY) {
+            let (k, _) = kv?;
+            let wall = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StorageError::Corrupt("short saga index key".into()))?;
+            if wall >= cutoff {
+                break;
+            }
+            let mut sk = vec![SAGA];
+            sk.extend_from_slice(&k[9..]);
+            batch.remove(sk);
+            batch.remove(k);
+        }
+        Ok(())
     }
 
     /// Seal the drafts of one command into binlog events (continuing the chain) and
@@ -479,8 +522,7 @@ impl StateMachine {
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
         let mut trimming: Option<u64> = None;
-        let mut trimmed = 0usize;
-        for kv in tree.scan_prefix([binlog::EVENT_PREFIX]) {
+        for (trimmed, kv) in tree.scan_prefix([binlog::EVENT_PREFIX]).enumerate() {
             let (k, v) = kv?;
             let (rev, _) = binlog::parse_event_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
@@ -497,7 +539,6 @@ impl StateMachine {
             }
             batch.remove(k);
             *count = count.saturating_sub(1);
-            trimmed += 1;
         }
         if let Some(rev) = trimming {
             batch.insert(binlog::FLOOR_KEY, encode(&(rev + 1))?);
@@ -900,5 +941,28 @@ mod tests {
         let ev = all_events(&f.sm);
         assert_eq!(ev[1].before.as_ref().map(|r| r.value.clone()), Some(b"evil".to_vec()));
         assert!(!f.sm.reader().corrupt_record(b"absent", b"x").expect("absent"));
+    }
+
+    #[tokio::test]
+    async fn closed_sagas_are_forgotten_after_the_retention_age() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        f.sm.retention = RetentionLimits { max_events: 100, max_age_ns: 1_000 };
+        for (i, op) in [
+            Op::SagaOpen { saga_id: "s".into(), timeout_ms: 10 },
+            Op::SagaCommit { saga_id: "s".into() },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = entry(f.next, 100 + i as u64, "", "k");
+            if let EntryPayload::Normal(c) = &mut e.payload {
+                c.op = op;
+            }
+            f.next += 1;
+            f.sm.apply(stream::iter([Ok((e, None))])).await.expect("apply");
+        }
+        assert!(f.sm.reader().saga("s").expect("saga").is_some());
+        f.put(5_000, "late", "k").await;
+        assert!(f.sm.reader().saga("s").expect("saga").is_none(), "forgotten after the age");
     }
 }
