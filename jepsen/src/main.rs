@@ -69,6 +69,8 @@ enum WorkloadArg {
     Register,
     /// Multi-key Txn transfers; the total never changes, no balance goes negative.
     Bank,
+    /// Writes; every replica's binlog holds each acknowledged write once, in order.
+    Binlog,
 }
 
 /// Seconds as a bare number (`60`) or a humantime duration (`90s`, `2m`).
@@ -268,6 +270,7 @@ fn test_config(args: TestArgs) -> anyhow::Result<TestConfig> {
     let workload = match args.workload {
         WorkloadArg::Register => WorkloadKind::Register,
         WorkloadArg::Bank => WorkloadKind::Bank,
+        WorkloadArg::Binlog => WorkloadKind::Binlog,
     };
     let binary = if args.dry_run {
         args.binary.clone().unwrap_or_else(|| PathBuf::from("meridian"))

@@ -1,5 +1,5 @@
-//! `meridian-jepsen test` end to end against real node processes: a short seeded smoke
-//! run under kill + partition must be valid, and a cluster started with
+//! `meridian-jepsen test` end to end against real node processes: short seeded smoke
+//! runs (register and binlog workloads) under kill + partition must be valid, and a cluster started with
 //! `--unsafe-stale-reads` must be caught serving stale reads under partitions.
 //!
 //! Needs the `meridian` binary next to this test's executable (`cargo test --workspace`
@@ -151,6 +151,46 @@ fn three_region_register_run_under_membership_changes_is_linearizable() {
     );
     assert_eq!(results["heal_errors"], serde_json::json!([]));
 }
+
+
+#[test]
+fn binlog_workload_under_kill_and_partition_keeps_every_acknowledged_write_once_in_order() {
+    let _serial = CLUSTER_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    let (out, _store, results) = run_test(&[
+        "--workload",
+        "binlog",
+        "--nemesis",
+        "kill,partition",
+        "--time-limit",
+        "12",
+        "--nodes",
+        "3",
+        "--concurrency",
+        "6",
+        "--rate",
+        "100",
+        "--nemesis-interval",
+        "3s",
+        "--seed",
+        SMOKE_SEED,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(results["valid"], Json::Bool(true), "{results:#}");
+    let binlog = &results["details"]["binlog"];
+    assert_eq!(binlog["violations"], serde_json::json!([]), "{binlog:#}");
+    let acknowledged = binlog["acknowledged"].as_u64().unwrap_or(0);
+    assert!(acknowledged >= 150, "too few acknowledged writes: {binlog:#}");
+    let nodes = binlog["nodes"].as_object().cloned().unwrap_or_default();
+    assert_eq!(nodes.len(), 3, "{binlog:#}");
+    let counts: Vec<&Json> = nodes.values().map(|n| &n["events"]).collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] == w[1]),
+        "every replica holds the same events: {binlog:#}"
+    );
+    let windows = results["nemesis_windows"].as_array().cloned().unwrap_or_default();
+    assert!(windows.len() >= 2, "expected several faults: {windows:#?}");
+}
+
 
 #[test]
 fn unsafe_stale_reads_under_partitions_are_caught() {

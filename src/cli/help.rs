@@ -149,6 +149,14 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
             "meridian completions fish > ~/.config/fish/completions/meridian.fish",
         ],
     ),
+    (
+        "meridian check",
+        &[
+            "meridian check --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \\\n    \
+             --state /var/lib/meridian-check --invariants bank.toml --findings findings.jsonl",
+            "meridian check --endpoints 127.0.0.1:7001,127.0.0.1:7002 --state ./chk --once --json",
+        ],
+    ),
     ("meridian man", &["meridian man | man -l -", "meridian man --out /usr/local/share/man/man1"]),
 ];
 

@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod bench;
 pub mod binlog;
+pub mod check;
 pub mod cluster;
 pub mod completions;
 pub mod help;
@@ -71,6 +72,9 @@ pub enum Command {
     Kv(kv::KvArgs),
     /// Load-test a running cluster.
     Bench(bench::BenchArgs),
+    /// Check every replica's binlog continuously: divergence, continuity, invariants,
+    /// stuck sagas (compensated).
+    Check(check::CheckArgs),
     /// Stream a replica's binlog.
     Binlog(binlog::BinlogArgs),
     /// Open, commit, abort and inspect sagas (multi-step writes with compensation).
@@ -113,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Kv(args) => kv::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Check(args) => check::run_check(args),
         Command::Binlog(args) => binlog::run(args),
         Command::Saga(args) => binlog::run_saga(args),
         Command::Completions(args) => completions::run_completions(args, command()),

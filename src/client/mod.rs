@@ -407,6 +407,17 @@ impl Client {
         Ok(cluster(&ep))
     }
 
+    /// Raw Binlog stub on one endpoint's shared channel (no retries, no breaker): the
+    /// binlog is per replica, so a subscriber talks to exactly this endpoint.
+    pub fn binlog_client(
+        &self,
+        endpoint: &str,
+    ) -> Result<pb::binlog_client::BinlogClient<Channel>, ClientError> {
+        let ep = self.endpoint_state(endpoint)?;
+        Ok(pb::binlog_client::BinlogClient::new(ep.channel())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES))
+    }
+
     fn endpoint_state(&self, endpoint: &str) -> Result<Arc<EndpointState>, ClientError> {
         self.inner.endpoints.get_or_add(endpoint, self.inner.clock.now()).ok_or_else(|| {
             ClientError::InvalidRequest(format!(

@@ -39,6 +39,9 @@ pub enum WorkloadKind {
     Register,
     /// Transfers between accounts and reads of every account; the total is constant.
     Bank,
+    /// Unconditional and conditional writes; every replica's binlog must hold each
+    /// acknowledged write exactly once, in order, with equal chain hashes.
+    Binlog,
 }
 
 impl WorkloadKind {
@@ -47,6 +50,7 @@ impl WorkloadKind {
         match self {
             WorkloadKind::Register => "register",
             WorkloadKind::Bank => "bank",
+            WorkloadKind::Binlog => "binlog",
         }
     }
 }
@@ -214,7 +218,7 @@ pub struct TestConfig {
     /// Mean interval of the nemesis: faults last `[i, 2i]`, quiet gaps `[i/2, i]`.
     #[serde(serialize_with = "ser_secs")]
     pub nemesis_interval: Duration,
-    /// Register workload: keys in use at once.
+    /// Register workload: keys in use at once (binlog workload: keys written).
     pub keys: usize,
     /// Register workload: operations per key before it is retired for a fresh one.
     pub ops_per_key: usize,

@@ -7,7 +7,7 @@
 //! | [`schedule`] | the seeded fault schedule (pure: same seed, same schedule) |
 //! | [`nemesis`] | carries the schedule out on the cluster (processes, proxy, Cluster API) |
 //! | [`client`] | Jepsen client semantics: one attempt, deadline, fail vs info |
-//! | [`workload`], [`register`], [`bank`] | the operations and their generators; the bank checker |
+//! | [`workload`], [`register`], [`bank`], [`binlog`] | the operations and their generators; the bank and binlog checkers |
 //! | [`recorder`] | the history in real-time order; JSON lines and EDN writers |
 //! | [`runner`] | one run end to end ([`run_test`]) |
 //! | [`plots`], [`index`], [`store`] | latency / rate SVGs, index.html, the store layout |
@@ -23,6 +23,7 @@
 //! the final reads.
 
 pub mod bank;
+pub mod binlog;
 pub mod client;
 pub mod config;
 pub mod index;

@@ -12,7 +12,8 @@
 //!    `p + concurrency` with a new connection.
 //! 3. The nemesis runs the seeded schedule meanwhile, then heals everything and waits
 //!    for a leader; final reads (every register key, or every account) follow, as
-//!    ordinary operations of new processes.
+//!    ordinary operations of new processes; the binlog workload instead streams every
+//!    replica's whole binlog once the cluster has converged.
 //! 4. The history is written (JSON lines and EDN) and checked: per key with the
 //!    cas-register model, or with the bank invariants; then results.json, the plots,
 //!    index.html, timeline.html when a register history is not linearizable, and every
@@ -33,6 +34,7 @@ use serde_json::{json, Value as Json};
 use tonic::transport::Channel;
 
 use super::bank::{self, BankResult, BankWorkload};
+use super::binlog::{self as binlog_workload, BinlogResult, BinlogWorkload, EventLite};
 use super::client::{self, call, request};
 use super::config::{FaultKind, TestConfig, WorkloadKind};
 use super::nemesis::{Nemesis, Window};
@@ -133,6 +135,7 @@ pub struct TestOutcome {
 enum Workload {
     Register(RegisterWorkload),
     Bank(BankWorkload),
+    Binlog(BinlogWorkload),
 }
 
 impl Workload {
@@ -143,6 +146,10 @@ impl Workload {
                 w.run(ctx, &key, op).await
             }
             Workload::Bank(w) => {
+                let op = w.next_op(rng);
+                w.run(ctx, op).await
+            }
+            Workload::Binlog(w) => {
                 let op = w.next_op(rng);
                 w.run(ctx, op).await
             }
@@ -246,6 +253,8 @@ async fn final_reads(
     let targets: Vec<Option<String>> = match workload {
         Workload::Register(w) => w.used_keys().into_iter().map(Some).collect(),
         Workload::Bank(_) => vec![None],
+        // Checked from every replica's binlog instead of final reads.
+        Workload::Binlog(_) => Vec::new(),
     };
     let mut process = first_process;
     let mut missing = 0;
@@ -258,7 +267,7 @@ async fn final_reads(
             let outcome = match (workload, key) {
                 (Workload::Register(w), Some(k)) => w.run(&mut ctx, k, RegisterOp::Read).await,
                 (Workload::Bank(w), _) => w.run(&mut ctx, bank::BankOp::Read).await,
-                (Workload::Register(_), None) => Outcome::Fail,
+                (Workload::Register(_), None) | (Workload::Binlog(_), _) => Outcome::Fail,
             };
             if outcome == Outcome::Ok {
                 done = true;
@@ -276,6 +285,7 @@ async fn final_reads(
 enum Checked {
     Register { history: Box<History>, result: Box<CheckResult>, anomalies: u64 },
     Bank(BankResult),
+    Binlog(BinlogResult),
 }
 
 impl Checked {
@@ -289,6 +299,8 @@ impl Checked {
             },
             Checked::Bank(r) if r.valid => Validity::Valid,
             Checked::Bank(_) => Validity::Invalid,
+            Checked::Binlog(r) if r.valid => Validity::Valid,
+            Checked::Binlog(_) => Validity::Invalid,
         }
     }
 }
@@ -297,6 +309,7 @@ async fn check(
     workload: &Workload,
     records: Vec<Record>,
     config: &TestConfig,
+    binlogs: Option<BTreeMap<u64, Vec<EventLite>>>,
 ) -> Result<Checked, HarnessError> {
     match workload {
         Workload::Register(w) => {
@@ -320,6 +333,10 @@ async fn check(
             })
         }
         Workload::Bank(w) => Ok(Checked::Bank(bank::check(&records, w.accounts(), w.total()))),
+        Workload::Binlog(w) => {
+            let binlogs = binlogs.unwrap_or_default();
+            Ok(Checked::Binlog(binlog_workload::check(&w.writes(), &binlogs)))
+        }
     }
 }
 
@@ -383,6 +400,7 @@ async fn run_on(
             bank_setup(cluster, &w, config.recovery_timeout).await?;
             Workload::Bank(w)
         }
+        WorkloadKind::Binlog => Workload::Binlog(BinlogWorkload::new(config.keys)),
     });
     let ids = cluster.ids();
     let plan = schedule::plan(
@@ -428,6 +446,12 @@ async fn run_on(
         .await;
     let (final_targets, final_missing) =
         final_reads(&workload, &recorder, &addrs, last_process + 1, config.op_timeout * 4).await?;
+    let binlogs = match &*workload {
+        Workload::Binlog(_) => {
+            Some(binlog_workload::read_binlogs(cluster, config.recovery_timeout).await?)
+        }
+        _ => None,
+    };
     let records = recorder.snapshot();
     let end_s = recorder.now_ns() as f64 / 1e9;
     store::write(run_dir, "history.jsonl", recorder::to_jsonl(&records))?;
@@ -435,7 +459,7 @@ async fn run_on(
     let (counts, by_f) = Counts::of(&records);
     let windows = nemesis.windows();
     let check_started = Instant::now();
-    let checked = check(&workload, records.clone(), config).await?;
+    let checked = check(&workload, records.clone(), config, binlogs).await?;
     let check_ms = check_started.elapsed().as_millis() as u64;
     let validity = checked.validity();
     let name = config.test_name();
@@ -461,6 +485,9 @@ async fn run_on(
         }
         Checked::Bank(r) => {
             details.insert("bank".into(), serde_json::to_value(r).unwrap_or(Json::Null));
+        }
+        Checked::Binlog(r) => {
+            details.insert("binlog".into(), serde_json::to_value(r).unwrap_or(Json::Null));
         }
     }
     let points = plots::op_points(&records);
