@@ -27,3 +27,4 @@ pub mod error;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod tls;

@@ -36,6 +36,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod certs;
 pub mod control;
 pub mod manifest;
 pub mod network;
