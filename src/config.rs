@@ -341,13 +341,12 @@ impl NodeConfig {
             }),
         };
         if let Some(v) = get("MERIDIAN_METRICS_ADDR") {
-            self.metrics_addr = Some(v.parse().map_err(|e: std::net::AddrParseError| {
-                ConfigError::Env {
+            self.metrics_addr =
+                Some(v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
                     name: "MERIDIAN_METRICS_ADDR".into(),
                     value: v.clone(),
                     message: e.to_string(),
-                }
-            })?);
+                })?);
         }
         if let Some(v) = get("MERIDIAN_TLS_ENABLED") {
             self.tls.enabled = flag("MERIDIAN_TLS_ENABLED", v)?;

@@ -60,8 +60,11 @@ pub enum TlsError {
 /// Read a PEM file (bounded), checking it holds at least one PEM block.
 pub fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path)
-        .map_err(|source| TlsError::Read { what, path: shown.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
+        what,
+        path: shown.clone(),
+        source,
+    })?;
     if meta.len() > MAX_PEM_BYTES {
         return Err(TlsError::Invalid {
             what,
@@ -69,8 +72,11 @@ pub fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
             message: format!("larger than {MAX_PEM_BYTES} bytes"),
         });
     }
-    let bytes =
-        std::fs::read(path).map_err(|source| TlsError::Read { what, path: shown.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: shown.clone(),
+        source,
+    })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(TlsError::Invalid { what, path: shown, message: "no PEM block found".into() });
     }
@@ -170,7 +176,8 @@ mod tests {
 
     #[test]
     fn missing_pem_file_names_the_file() {
-        let err = read_pem("CA certificate", Path::new("/nonexistent/ca.pem")).expect_err("missing");
+        let err =
+            read_pem("CA certificate", Path::new("/nonexistent/ca.pem")).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -151,6 +151,10 @@ pub struct UpArgs {
     /// The meridian binary to run for each node (default: this executable).
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Serve TLS (mutual TLS between nodes) with the certificates of <data-dir>/certs,
+    /// created with `meridian certs init` semantics when missing.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Arguments of `meridian cluster status`.
@@ -208,6 +212,9 @@ async fn up(args: UpArgs) -> CliResult {
         manifest.data_dir = dir;
     }
     refuse_if_running(&manifest.data_dir)?;
+    if args.tls && manifest.tls.is_none() {
+        manifest.tls = Some(dev_tls(&manifest)?);
+    }
     let binary = process::resolve_binary(args.binary.as_deref(), &manifest).map_err(cli_error)?;
     let options = LaunchOptions {
         logs: LogTarget::Stderr,
@@ -238,6 +245,25 @@ async fn up(args: UpArgs) -> CliResult {
     shutdown(&cluster).await;
     ClusterState::remove(&data_root).map_err(cli_error)?;
     outcome
+}
+
+/// `--tls`: the certificate directory `<data_dir>/certs`, with a CA and node and admin
+/// certificates created when the CA is missing (an existing CA issues missing ones).
+fn dev_tls(manifest: &crate::cluster::Manifest) -> CliResult<crate::cluster::ManifestTls> {
+    use crate::cluster::certs;
+    let dir = manifest.data_dir.join("certs");
+    let missing = |name: &str| !certs::cert_paths(&dir, name).0.exists();
+    let nodes: Vec<String> =
+        manifest.nodes.iter().map(|n| format!("node-{}", n.id)).filter(|n| missing(n)).collect();
+    let clients: Vec<String> =
+        [certs::ADMIN_CLIENT.to_string()].into_iter().filter(|n| missing(n)).collect();
+    if !nodes.is_empty() || !clients.is_empty() {
+        let plan = certs::CertsPlan { dir: dir.clone(), nodes, clients, new_ca: false };
+        let report = certs::init(&plan).map_err(CliError::failure)?;
+        eprintln!("[cluster] TLS certificates written to {}", report.dir.display());
+    }
+    eprintln!("[cluster] TLS on: connect with `meridian kv --tls-dir {} ...`", dir.display());
+    Ok(crate::cluster::ManifestTls { dir, require_client_cert: false })
 }
 
 /// For a proxied cluster: bind the control endpoint on 127.0.0.1 and serve it.

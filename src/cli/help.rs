@@ -27,6 +27,7 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "meridian cluster up",
             "meridian cluster up cluster/three-regions.toml --data-dir /tmp/meridian",
+            "meridian cluster up --tls                   # certificates in ./data/certs",
         ],
     ),
     (
@@ -97,6 +98,14 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
             "meridian completions bash > /usr/share/bash-completion/completions/meridian",
             "meridian completions zsh > \"${fpath[1]}/_meridian\"",
             "meridian completions fish > ~/.config/fish/completions/meridian.fish",
+        ],
+    ),
+    ("meridian certs", &["meridian certs init --dir certs --nodes 3 --clients admin,alice"]),
+    (
+        "meridian certs init",
+        &[
+            "meridian certs init                         # ./certs: CA, node-1..3, admin",
+            "meridian certs init --dir certs --node-names node-4 --clients bob --json",
         ],
     ),
     ("meridian man", &["meridian man | man -l -", "meridian man --out /usr/local/share/man/man1"]),

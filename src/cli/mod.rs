@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod bench;
+pub mod certs;
 pub mod cluster;
 pub mod completions;
 pub mod help;
@@ -69,6 +70,9 @@ pub enum Command {
     Kv(kv::KvArgs),
     /// Load-test a running cluster.
     Bench(bench::BenchArgs),
+    /// Development certificates for TLS (CA, nodes, clients).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
@@ -107,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Kv(args) => kv::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Certs(cmd) => certs::run(cmd),
         Command::Completions(args) => completions::run_completions(args, command()),
         Command::Man(args) => completions::run_man(args, command()),
     };

@@ -121,7 +121,10 @@ impl Client {
                 .or_else(|| inner.endpoints.pick(spec.route, now, &failed));
             let retry_after = match target {
                 None => {
-                    Counters::inc_exported(&counters.breaker_rejections, "meridian_client_breaker_rejections_total");
+                    Counters::inc_exported(
+                        &counters.breaker_rejections,
+                        "meridian_client_breaker_rejections_total",
+                    );
                     last = Failure {
                         code: Some(Code::Unavailable),
                         message: "every endpoint's circuit breaker is open".into(),

@@ -120,12 +120,18 @@ pub fn tls_config(
     tls: &super::config::ClientTlsConfig,
 ) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
     use tonic::transport::{Certificate, Identity};
-    let ca = tls.ca_file.as_deref().ok_or_else(|| ClientError::Config("tls.ca_file is required".into()))?;
+    let ca = tls
+        .ca_file
+        .as_deref()
+        .ok_or_else(|| ClientError::Config("tls.ca_file is required".into()))?;
     let mut out = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read_pem("CA", ca)?))
-        .domain_name(tls.domain.clone().unwrap_or_else(|| super::config::DEFAULT_TLS_DOMAIN.into()));
+        .domain_name(
+            tls.domain.clone().unwrap_or_else(|| super::config::DEFAULT_TLS_DOMAIN.into()),
+        );
     if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-        out = out.identity(Identity::from_pem(read_pem("certificate", cert)?, read_pem("key", key)?));
+        out =
+            out.identity(Identity::from_pem(read_pem("certificate", cert)?, read_pem("key", key)?));
     }
     Ok(out)
 }

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::Channel;
 use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 use tonic::{Request, Response};
 
 use crate::pb::v1 as pb;
@@ -56,7 +56,7 @@ pub mod txn;
 
 pub use breaker::BreakerState;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{BreakerConfig, ClientConfig, RetryConfig};
+pub use config::{BreakerConfig, ClientConfig, ClientTlsConfig, RetryConfig};
 pub use endpoints::EndpointInfo;
 pub use error::{ClientError, RpcError};
 pub use metrics::ClientMetrics;

@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration as TimeDuration, OffsetDateTime};
 
@@ -281,8 +281,8 @@ mod tests {
         let der = pem_to_der(&pem);
         assert_eq!(crate::tls::certificate_identity(&der).as_deref(), Some("node-2"));
         // A second run reuses the CA.
-        let again = init(&CertsPlan { clients: vec!["bob".into()], nodes: vec![], ..plan })
-            .expect("again");
+        let again =
+            init(&CertsPlan { clients: vec!["bob".into()], nodes: vec![], ..plan }).expect("again");
         assert!(!again.created_ca);
     }
 

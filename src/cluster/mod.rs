@@ -46,7 +46,7 @@ pub mod signal;
 pub mod state;
 pub mod testing;
 
-pub use manifest::{Manifest, ManifestNode, NetworkConfig};
+pub use manifest::{Manifest, ManifestNode, ManifestTls, NetworkConfig};
 pub use network::{ClusterNetwork, Grudge};
 pub use process::{LaunchOptions, LocalCluster, LogTarget};
 pub use testing::{TestCluster, TestOptions};

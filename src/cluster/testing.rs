@@ -59,6 +59,11 @@ pub struct TestOptions {
     pub proxy: bool,
     /// With `proxy`, also create client-side links (see [`LocalCluster::client_addr`]).
     pub client_proxy: bool,
+    /// TLS for every node (a `meridian certs init` directory); default none.
+    pub tls: Option<super::manifest::ManifestTls>,
+    /// Give every node a Prometheus endpoint on a free port (see
+    /// [`TestCluster::metrics_addr`]); default off.
+    pub metrics: bool,
 }
 
 impl TestOptions {
@@ -75,6 +80,8 @@ impl TestOptions {
             logs: LogTarget::Files,
             proxy: false,
             client_proxy: false,
+            tls: None,
+            metrics: false,
         }
     }
 }
@@ -98,6 +105,7 @@ pub struct TestCluster {
     // Field order matters: the cluster (its processes) drops before the directory.
     cluster: LocalCluster,
     dir: Option<tempfile::TempDir>,
+    metrics_addrs: std::collections::BTreeMap<u64, SocketAddr>,
 }
 
 impl std::fmt::Debug for TestCluster {
@@ -115,14 +123,23 @@ impl TestCluster {
             .prefix("meridian-test-")
             .tempdir()
             .map_err(|e| ClusterError::io("cannot create a temp dir", e))?;
-        let ports = free_ports(2 * n)?;
+        let ports = free_ports(3 * n)?;
+        let mut metrics_addrs = std::collections::BTreeMap::new();
         let nodes = (0..n)
-            .map(|i| ManifestNode {
-                id: i as u64 + 1,
-                region: "local".to_string(),
-                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
-                raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
-                extra_args: options.extra_args.clone(),
+            .map(|i| {
+                let mut extra_args = options.extra_args.clone();
+                if options.metrics {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 2]));
+                    metrics_addrs.insert(i as u64 + 1, addr);
+                    extra_args.extend(["--metrics-addr".to_string(), addr.to_string()]);
+                }
+                ManifestNode {
+                    id: i as u64 + 1,
+                    region: "local".to_string(),
+                    api_addr: SocketAddr::from(([127, 0, 0, 1], ports[3 * i])),
+                    raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 1])),
+                    extra_args,
+                }
             })
             .collect();
         let manifest = Manifest {
@@ -135,6 +152,7 @@ impl TestCluster {
                 client_proxy: options.proxy && options.client_proxy,
                 ..NetworkConfig::default()
             },
+            tls: options.tls.clone(),
             nodes,
         };
         manifest.validate().map_err(|message| ClusterError::Manifest {
@@ -150,7 +168,11 @@ impl TestCluster {
             stop_timeout: TEST_STOP_TIMEOUT,
             proxy: options.proxy,
         };
-        let cluster = TestCluster { cluster: LocalCluster::new(manifest, launch)?, dir: Some(dir) };
+        let cluster = TestCluster {
+            cluster: LocalCluster::new(manifest, launch)?,
+            dir: Some(dir),
+            metrics_addrs,
+        };
         let started = async {
             cluster.start_all().await?;
             if options.bootstrap && options.wait_for_leader {
@@ -170,6 +192,11 @@ impl TestCluster {
     /// The temporary directory holding data dirs, configs and logs.
     pub fn dir(&self) -> &Path {
         self.cluster.data_root()
+    }
+
+    /// The Prometheus endpoint of node `id` (with [`TestOptions::metrics`]).
+    pub fn metrics_addr(&self, id: u64) -> Option<SocketAddr> {
+        self.metrics_addrs.get(&id).copied()
     }
 
     /// Keep the directory after Drop (it is also kept when a test panics).

@@ -159,9 +159,10 @@ impl Principals {
         let mut out = Principals::default();
         for p in file.principal {
             let id = p.identity.clone();
-            if id.is_empty() || id.len() > MAX_IDENTITY_BYTES || id.chars().any(char::is_control)
-            {
-                return Err(format!("identity {id:?} must be 1..={MAX_IDENTITY_BYTES} printable bytes"));
+            if id.is_empty() || id.len() > MAX_IDENTITY_BYTES || id.chars().any(char::is_control) {
+                return Err(format!(
+                    "identity {id:?} must be 1..={MAX_IDENTITY_BYTES} printable bytes"
+                ));
             }
             if crate::tls::is_node_identity(&id) {
                 return Err(format!("identity {id:?} is reserved for nodes (node-<id>)"));
@@ -328,7 +329,10 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
 }
 
 /// The access a Txn needs: read on compared and read keys, write on written keys.
-pub fn authorize_txn<T>(request: &Request<T>, txn: &crate::pb::v1::TxnRequest) -> Result<(), Status> {
+pub fn authorize_txn<T>(
+    request: &Request<T>,
+    txn: &crate::pb::v1::TxnRequest,
+) -> Result<(), Status> {
     use crate::pb::v1::txn_op::Op;
     let caller = caller(request)?;
     for c in &txn.compares {
@@ -386,7 +390,10 @@ prefixes = ["app/", "pub/"]
         let e = a.check(Access::Key(Role::Write, b"other/x")).expect_err("not granted");
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("alice") && e.message().contains("write"), "{e:?}");
-        assert_eq!(a.check(Access::Admin).expect_err("no admin").code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            a.check(Access::Admin).expect_err("no admin").code(),
+            tonic::Code::PermissionDenied
+        );
         let r = caller("reader");
         r.check(Access::Key(Role::Read, b"pub/1")).expect("read");
         assert!(r.check(Access::Key(Role::Write, b"pub/1")).is_err());
@@ -407,8 +414,17 @@ prefixes = ["app/", "pub/"]
 
     #[test]
     fn unknown_caller_is_unauthenticated_and_auth_off_allows_all() {
-        let anon = Caller { identity: "ip:1.2.3.4".into(), principal: None, auth_enabled: true, authenticated: false, forwarded_by: None };
-        assert_eq!(anon.check(Access::Authenticated).expect_err("anon").code(), tonic::Code::Unauthenticated);
+        let anon = Caller {
+            identity: "ip:1.2.3.4".into(),
+            principal: None,
+            auth_enabled: true,
+            authenticated: false,
+            forwarded_by: None,
+        };
+        assert_eq!(
+            anon.check(Access::Authenticated).expect_err("anon").code(),
+            tonic::Code::Unauthenticated
+        );
         let off = Caller { auth_enabled: false, ..anon };
         off.check(Access::Admin).expect("auth off");
     }

@@ -111,7 +111,9 @@ pub fn parse_traceparent(value: &str) -> Result<String, String> {
     if *version != "00" || !is_lower_hex(trace, 32) || !is_lower_hex(parent, 16) {
         return Err(bad());
     }
-    if !is_lower_hex(flags, 2) || trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0')
+    if !is_lower_hex(flags, 2)
+        || trace.bytes().all(|b| b == b'0')
+        || parent.bytes().all(|b| b == b'0')
     {
         return Err(bad());
     }
@@ -236,7 +238,8 @@ fn connection<B>(req: &http::Request<B>) -> Connection {
 
 fn bearer(headers: &http::HeaderMap) -> Result<Option<String>, Status> {
     let Some(v) = headers.get(AUTHORIZATION_METADATA) else { return Ok(None) };
-    let v = v.to_str().map_err(|_| Status::unauthenticated("authorization header must be ASCII"))?;
+    let v =
+        v.to_str().map_err(|_| Status::unauthenticated("authorization header must be ASCII"))?;
     match v.strip_prefix("Bearer ") {
         Some(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
         _ => Err(Status::unauthenticated("authorization header must be `Bearer <token>`")),
@@ -296,13 +299,19 @@ impl LayerState {
             let p = principals.and_then(|p| p.by_identity(&cn));
             (cn, p, true)
         } else {
-            let id = conn.remote.map_or_else(|| "anonymous".to_string(), |a| format!("ip:{}", a.ip()));
+            let id =
+                conn.remote.map_or_else(|| "anonymous".to_string(), |a| format!("ip:{}", a.ip()));
             (id, None, false)
         };
-        if auth_enabled && !authenticated {
-            return Err(Status::unauthenticated(
-                "authentication required: send `authorization: Bearer <token>` or a client certificate",
-            ));
+        if auth_enabled && principal.is_none() {
+            let message = if authenticated {
+                format!(
+                    "identity {identity:?} is not in the tokens file: send `authorization: Bearer <token>` or use a certificate of a known identity"
+                )
+            } else {
+                "authentication required: send `authorization: Bearer <token>` or a client certificate of a known identity".to_string()
+            };
+            return Err(Status::unauthenticated(message));
         }
         let forwarded_by = if is_node { conn.cert_identity.clone() } else { None };
         let caller = Caller { identity, principal, auth_enabled, authenticated, forwarded_by };
@@ -310,7 +319,11 @@ impl LayerState {
         Ok(caller)
     }
 
-    fn admit<B>(&self, req: &mut http::Request<B>, method: &'static str) -> Result<TraceContext, (Status, Option<TraceContext>)> {
+    fn admit<B>(
+        &self,
+        req: &mut http::Request<B>,
+        method: &'static str,
+    ) -> Result<TraceContext, (Status, Option<TraceContext>)> {
         let trace = trace_context(req.headers()).map_err(|s| (s, None))?;
         req.extensions_mut().insert(trace.clone());
         let caller = self.authenticate(req).map_err(|s| {

@@ -102,7 +102,8 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
     let reader = sm.reader();
     let dedup_stats = sm.dedup_stats();
     let routes = cfg.routes.iter().filter_map(|r| Some((r.id, r.raft_addr.clone()?))).collect();
-    let tls = crate::tls::NodeTls::load(&cfg.tls).map_err(|e| StartError::Security(e.to_string()))?;
+    let tls =
+        crate::tls::NodeTls::load(&cfg.tls).map_err(|e| StartError::Security(e.to_string()))?;
     let network = Network::new(
         cfg.cluster_name.clone(),
         hlc.clone(),
@@ -161,9 +162,9 @@ async fn bootstrap(core: &NodeCore) -> Result<(), StartError> {
 /// The request layer of the public API from `[auth]`, `[tls]` and `[limits]`.
 fn api_layer(cfg: &NodeConfig) -> Result<layer::ApiLayer, StartError> {
     let principals = match &cfg.auth.tokens_file {
-        Some(path) => Some(
-            auth::Principals::load(path).map_err(|e| StartError::Security(e.to_string()))?,
-        ),
+        Some(path) => {
+            Some(auth::Principals::load(path).map_err(|e| StartError::Security(e.to_string()))?)
+        }
         None => None,
     };
     Ok(layer::ApiLayer::new(layer::LayerState {
