@@ -184,16 +184,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SecurityArgs {
     /// CA certificate (PEM) that signed the nodes' certificates: turns TLS on.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long = "ca", id = "tls_ca", global = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    #[arg(long = "key", id = "tls_key", global = true, value_name = "FILE", requires = "tls_cert")]
     pub key: Option<PathBuf>,
     /// Directory from `meridian certs init`: ca.pem plus the --client-name certificate.
-    #[arg(long, global = true, value_name = "DIR", conflicts_with = "ca")]
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "tls_ca")]
     pub tls_dir: Option<PathBuf>,
     /// Client certificate name inside --tls-dir.
     #[arg(long, global = true, default_value = crate::cluster::certs::ADMIN_CLIENT)]
