@@ -419,7 +419,7 @@ async fn rate_limited_client_backs_off_and_completes_and_metrics_move() {
 
     // A raw RESOURCE_EXHAUSTED carries RetryInfo and retry-after-ms.
     let addr = cluster.api_addr(leader).expect("addr");
-    let mut carol = KvClient::new(channel(addr, d, Some((d, "alice"))));
+    let carol = KvClient::new(channel(addr, d, Some((d, "alice"))));
     // 30 at once against a burst of 5: most are refused at once.
     let calls = (0..30).map(|_| {
         let mut c = carol.clone();
@@ -438,7 +438,7 @@ async fn rate_limited_client_backs_off_and_completes_and_metrics_move() {
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .expect("hint");
-    assert!(hint >= 1 && hint <= 1_000, "{hint}");
+    assert!((1..=1_000).contains(&hint), "{hint}");
 
     // Alice floods; bob writes at the same time and is never limited.
     let alice = client(&cluster, d, "alice", Some(ALICE_TOKEN));
@@ -486,4 +486,61 @@ async fn rate_limited_client_backs_off_and_completes_and_metrics_move() {
     assert!(after.contains("meridian_raft_proposals_in_flight"), "{after}");
     assert!(after.contains("meridian_raft_leader_changes_total"), "{after}");
     assert!(sample(&after, "meridian_grpc_requests_total", &["code=\"RESOURCE_EXHAUSTED\""]) > 0.0);
+}
+
+/// TLS on vs off: `meridian bench put` and `get` against a plaintext and a TLS 3-node
+/// cluster (auth and limits off), 5 s each, 16 tasks. Ignored by default (it is a
+/// measurement, not a check); run it with the release binary:
+/// `MERIDIAN_BENCH_BIN=target/release/meridian cargo test --release --test security -- --ignored --nocapture tls_bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored"]
+async fn tls_bench_on_vs_off() {
+    let bin = std::env::var("MERIDIAN_BENCH_BIN").unwrap_or_else(|_| MERIDIAN.to_string());
+    let (dir, _) = material();
+    let d = dir.path();
+    for tls in [false, true] {
+        let mut options = meridian::cluster::TestOptions::new(&bin);
+        if tls {
+            options.tls = Some(ManifestTls { dir: d.to_path_buf(), require_client_cert: false });
+        }
+        let cluster = TestCluster::start(3, options).await.expect("cluster");
+        let endpoints: String = cluster
+            .ids()
+            .into_iter()
+            .map(|id| cluster.api_addr(id).expect("addr").to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        for workload in ["put", "get"] {
+            let mut args = vec![
+                "bench",
+                workload,
+                "--endpoints",
+                &endpoints,
+                "--duration",
+                "5s",
+                "--warmup",
+                "1s",
+                "--concurrency",
+                "16",
+                "--seed",
+                "7",
+                "--json",
+            ];
+            let dir_s = d.to_str().expect("utf-8");
+            if tls {
+                args.extend(["--tls-dir", dir_s]);
+            }
+            let out = Command::new(&bin).args(&args).output().expect("bench runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+            println!(
+                "BENCH tls={tls} workload={workload} ops/s={:.0} p50_ms={:.2} p99_ms={:.2} errors={}",
+                r["ops_per_sec"].as_f64().unwrap_or(0.0),
+                r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                r["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                r["errors"]
+            );
+            assert_eq!(r["errors"], 0, "{r}");
+        }
+    }
 }
