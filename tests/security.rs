@@ -217,7 +217,7 @@ async fn tls_cluster_serves_authorized_clients_and_refuses_everyone_else() {
         "app/cli2",
         "x",
     ]);
-    assert_eq!(out.status.code(), Some(2), "permission denied exits 2: {out:?}");
+    assert_eq!(out.status.code(), Some(1), "permission denied exits 1: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"), "{out:?}");
 
     let leader_addr = cluster.api_addr(leader).expect("addr");

@@ -264,11 +264,9 @@ pub(crate) fn client_config(
 pub(crate) fn client_error(e: ClientError) -> CliError {
     use tonic::Code;
     match e.code() {
-        Code::InvalidArgument
-        | Code::FailedPrecondition
-        | Code::OutOfRange
-        | Code::Unauthenticated
-        | Code::PermissionDenied => CliError::bad_input(e),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            CliError::bad_input(e)
+        }
         _ => CliError::failure(e),
     }
 }
