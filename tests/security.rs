@@ -471,6 +471,36 @@ async fn rate_limited_client_backs_off_and_completes_and_metrics_move() {
     assert!(r.found);
 
     let after = scrape(metrics_addr).await;
+
+    // Forwarded requests are charged once, on the node the client talks to: bob floods
+    // through a follower only; the follower limits him, the leader never does.
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).expect("follower");
+    let follower_metrics = cluster.metrics_addr(follower).expect("follower metrics");
+    let leader_limited = sample(&after, "meridian_rate_limited_total", &[]);
+    let follower_before =
+        sample(&scrape(follower_metrics).await, "meridian_rate_limited_total", &[]);
+    let mut config =
+        ClientConfig::with_endpoints([cluster.api_addr(follower).expect("addr").to_string()]);
+    config.tls = bob.config().tls.clone();
+    config.token = Some(BOB_TOKEN.to_string());
+    let via_follower = Client::connect(config).expect("client");
+    let writers = (0..8).map(|w| {
+        let c = via_follower.clone();
+        async move {
+            for i in (w..40).step_by(8) {
+                c.put(format!("bob/f-{i}"), "z").await.expect("bob completes via the follower");
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+    let follower_after =
+        sample(&scrape(follower_metrics).await, "meridian_rate_limited_total", &[]);
+    let leader_after = sample(&scrape(metrics_addr).await, "meridian_rate_limited_total", &[]);
+    assert!(
+        follower_after > follower_before,
+        "the follower limits bob: {follower_before} -> {follower_after}"
+    );
+    assert_eq!(leader_after, leader_limited, "the leader never charges forwarded requests");
     let moved = |name: &str, labels: &[&str]| {
         let (a, b) = (sample(&before, name, labels), sample(&after, name, labels));
         assert!(b > a, "{name}{labels:?} did not move: {a} -> {b}\n{after}");
