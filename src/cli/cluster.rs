@@ -166,6 +166,10 @@ pub struct StatusArgs {
     /// Node API addresses (host:port or http://host:port), comma separated.
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Certificate directory of a TLS cluster (default: <data-dir>/certs when it
+    /// holds ca.pem); the `admin` client certificate is used when present.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Arguments of `meridian cluster down`.
@@ -448,8 +452,27 @@ async fn shutdown(cluster: &LocalCluster) {
 }
 
 async fn status(args: StatusArgs) -> CliResult {
+    let root = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let tls_dir = args.tls_dir.clone().or_else(|| {
+        let dir = root.join("certs");
+        (args.endpoints.is_empty() && dir.join(crate::cluster::certs::CA_CERT_FILE).exists())
+            .then_some(dir)
+    });
+    let tls = match &tls_dir {
+        Some(dir) => {
+            let sec = super::kv::SecurityArgs {
+                tls_dir: Some(dir.clone()),
+                client_name: crate::cluster::certs::ADMIN_CLIENT.to_string(),
+                ..Default::default()
+            };
+            let mut config = crate::client::ClientConfig::default();
+            sec.apply(&mut config);
+            let files = config.tls.unwrap_or_default();
+            Some(crate::client::endpoints::tls_config(&files).map_err(CliError::bad_input)?)
+        }
+        None => None,
+    };
     let targets: Vec<(Option<u64>, String)> = if args.endpoints.is_empty() {
-        let root = args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let state = ClusterState::read(&root).map_err(cli_error)?.ok_or_else(|| {
             CliError::failure(anyhow::anyhow!(
                 "no {} in {}: is a cluster running there? (or pass --endpoints)",
@@ -461,7 +484,7 @@ async fn status(args: StatusArgs) -> CliResult {
     } else {
         args.endpoints.iter().map(|e| (None, e.clone())).collect()
     };
-    let calls = targets.iter().map(|(_, addr)| node_status(addr));
+    let calls = targets.iter().map(|(_, addr)| node_status(addr, tls.clone()));
     let results = futures::future::join_all(calls).await;
     println!(
         "{:<4} {:<10} {:<10} {:>6} {:>7} {:>9} {:>9}  API",
@@ -512,11 +535,18 @@ fn role_name(role: pb::Role) -> &'static str {
 }
 
 /// One `Cluster/Status` call to `addr` within the launcher's status timeout.
-async fn node_status(addr: &str) -> Result<pb::StatusResponse, String> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+async fn node_status(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<pb::StatusResponse, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|_| format!("invalid endpoint {url:?}"))?
         .connect_timeout(process::CONNECT_TIMEOUT);
+    if let Some(t) = tls {
+        endpoint = endpoint.tls_config(t).map_err(|e| format!("tls: {e}"))?;
+    }
     let call = async {
         let channel = endpoint.connect().await.map_err(|e| format!("unreachable: {e}"))?;
         let mut client = pb::cluster_client::ClusterClient::new(channel);
