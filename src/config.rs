@@ -231,7 +231,72 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     /// Binlog retention.
     pub binlog: BinlogConfig,
+    /// Listen address of the Prometheus `/metrics` HTTP endpoint; None: no endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// TLS for client and peer traffic.
+    pub tls: TlsConfig,
+    /// Authentication and authorization.
+    pub auth: AuthConfig,
+    /// Per-client rate limits.
+    pub limits: LimitsConfig,
 }
+
+/// `[tls]`: rustls for the public API and the Raft port. When enabled, peers always
+/// use mutual TLS (each node presents `cert_file` to the others and accepts only
+/// certificates signed by `ca_file`); clients must present a certificate only with
+/// `require_client_cert`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve (and dial peers) over TLS.
+    pub enabled: bool,
+    /// PEM file of the CA that signs node and client certificates.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) of this node; its SANs must cover the addresses peers
+    /// and clients dial.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Refuse clients of the public API that present no certificate signed by the CA.
+    pub require_client_cert: bool,
+    /// TLS server name peers expect in each other's certificates (a SAN of every node
+    /// certificate).
+    pub peer_domain: String,
+}
+
+/// The server name node certificates made by `meridian certs init` carry.
+pub const DEFAULT_PEER_DOMAIN: &str = "localhost";
+
+/// `[auth]`: who may do what. Off (every request allowed, anonymous) unless
+/// `tokens_file` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// TOML file of principals (bearer tokens and certificate identities with their
+    /// roles and key prefixes); see docs/OPERATIONS.md "Security".
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// `[limits]`: token bucket per client identity (or peer IP when anonymous).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per client; 0 disables rate limiting.
+    pub rate_per_sec: u32,
+    /// Bucket size: requests a client may send at once (>= 1 when limiting).
+    pub burst: u32,
+    /// Most client buckets kept; idle ones are evicted first (bounds memory).
+    pub max_clients: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { rate_per_sec: 0, burst: 0, max_clients: 10_000 }
+    }
+}
+
+/// Upper bound on `limits.max_clients` (memory of the bucket map).
+pub const MAX_RATE_LIMITED_CLIENTS: usize = 1_000_000;
 
 fn default_region() -> String {
     "local".to_string()
@@ -264,6 +329,10 @@ impl Default for NodeConfig {
             log_format: "text".to_string(),
             raft: RaftConfig::default(),
             binlog: BinlogConfig::default(),
+            metrics_addr: None,
+            tls: TlsConfig { peer_domain: DEFAULT_PEER_DOMAIN.to_string(), ..TlsConfig::default() },
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -325,6 +394,67 @@ impl NodeConfig {
         }
         if let Some(v) = get("MERIDIAN_LOG_FORMAT") {
             self.log_format = v;
+        }
+        self.apply_security_env(&get, parse::<u64>)
+    }
+
+    /// The issue #9 variables: `MERIDIAN_METRICS_ADDR`, `MERIDIAN_TLS_ENABLED`,
+    /// `MERIDIAN_TLS_CA_FILE`, `MERIDIAN_TLS_CERT_FILE`, `MERIDIAN_TLS_KEY_FILE`,
+    /// `MERIDIAN_TLS_REQUIRE_CLIENT_CERT`, `MERIDIAN_AUTH_TOKENS_FILE`,
+    /// `MERIDIAN_LIMITS_RATE_PER_SEC`, `MERIDIAN_LIMITS_BURST`.
+    fn apply_security_env<G, P>(&mut self, get: &G, parse: P) -> Result<(), ConfigError>
+    where
+        G: Fn(&str) -> Option<String>,
+        P: Fn(&str, String) -> Result<u64, ConfigError>,
+    {
+        let flag = |name: &str, v: String| match v.as_str() {
+            "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            _ => Err(ConfigError::Env {
+                name: name.to_string(),
+                value: v.clone(),
+                message: "expected true/false/1/0".into(),
+            }),
+        };
+        if let Some(v) = get("MERIDIAN_METRICS_ADDR") {
+            self.metrics_addr =
+                Some(v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                    name: "MERIDIAN_METRICS_ADDR".into(),
+                    value: v.clone(),
+                    message: e.to_string(),
+                })?);
+        }
+        if let Some(v) = get("MERIDIAN_TLS_ENABLED") {
+            self.tls.enabled = flag("MERIDIAN_TLS_ENABLED", v)?;
+        }
+        if let Some(v) = get("MERIDIAN_TLS_CA_FILE") {
+            self.tls.ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("MERIDIAN_TLS_CERT_FILE") {
+            self.tls.cert_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("MERIDIAN_TLS_KEY_FILE") {
+            self.tls.key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("MERIDIAN_TLS_REQUIRE_CLIENT_CERT") {
+            self.tls.require_client_cert = flag("MERIDIAN_TLS_REQUIRE_CLIENT_CERT", v)?;
+        }
+        if let Some(v) = get("MERIDIAN_AUTH_TOKENS_FILE") {
+            self.auth.tokens_file = Some(PathBuf::from(v));
+        }
+        let small = |name: &str, v: String| -> Result<u32, ConfigError> {
+            let n = parse(name, v.clone())?;
+            u32::try_from(n).map_err(|e| ConfigError::Env {
+                name: name.to_string(),
+                value: v,
+                message: e.to_string(),
+            })
+        };
+        if let Some(v) = get("MERIDIAN_LIMITS_RATE_PER_SEC") {
+            self.limits.rate_per_sec = small("MERIDIAN_LIMITS_RATE_PER_SEC", v)?;
+        }
+        if let Some(v) = get("MERIDIAN_LIMITS_BURST") {
+            self.limits.burst = small("MERIDIAN_LIMITS_BURST", v)?;
         }
         Ok(())
     }
@@ -397,10 +527,41 @@ impl NodeConfig {
                 self.id
             ));
         }
+        self.validate_security()?;
         let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) || ids.first() == Some(&0) {
             return bad("peers must have distinct ids >= 1".into());
+        }
+        Ok(())
+    }
+
+    /// TLS, auth and limits combinations (issue #9).
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let t = &self.tls;
+        if t.enabled && (t.ca_file.is_none() || t.cert_file.is_none() || t.key_file.is_none()) {
+            return bad("tls.enabled needs tls.ca_file, tls.cert_file and tls.key_file");
+        }
+        if !t.enabled && t.require_client_cert {
+            return bad("tls.require_client_cert needs tls.enabled = true");
+        }
+        if t.enabled && t.peer_domain.is_empty() {
+            return bad("tls.peer_domain must not be empty");
+        }
+        if self.auth.tokens_file.is_some() && !t.enabled {
+            // Bearer tokens over plaintext could be sniffed, and without mTLS a node
+            // cannot prove to the leader that it forwards a request for someone else.
+            return bad("auth.tokens_file needs tls.enabled = true (tokens never travel in clear text; peers prove themselves with mTLS)");
+        }
+        let l = &self.limits;
+        if l.rate_per_sec > 0 && l.burst == 0 {
+            return bad("limits.burst must be >= 1 when limits.rate_per_sec is set");
+        }
+        if l.max_clients == 0 || l.max_clients > MAX_RATE_LIMITED_CLIENTS {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_clients must be 1..={MAX_RATE_LIMITED_CLIENTS}"
+            )));
         }
         Ok(())
     }

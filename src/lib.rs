@@ -28,3 +28,4 @@ pub mod error;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod tls;

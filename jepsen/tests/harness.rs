@@ -152,7 +152,6 @@ fn three_region_register_run_under_membership_changes_is_linearizable() {
     assert_eq!(results["heal_errors"], serde_json::json!([]));
 }
 
-
 #[test]
 fn binlog_workload_under_kill_and_partition_keeps_every_acknowledged_write_once_in_order() {
     let _serial = CLUSTER_RUNS.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,7 +189,6 @@ fn binlog_workload_under_kill_and_partition_keeps_every_acknowledged_write_once_
     let windows = results["nemesis_windows"].as_array().cloned().unwrap_or_default();
     assert!(windows.len() >= 2, "expected several faults: {windows:#?}");
 }
-
 
 #[test]
 fn unsafe_stale_reads_under_partitions_are_caught() {

@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Client configuration file (TOML; see examples/client.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// TLS and token flags.
+    #[command(flatten)]
+    pub security: super::kv::SecurityArgs,
     /// Concurrent tasks.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -89,7 +92,8 @@ pub struct BenchArgs {
 
 /// Run `meridian bench`.
 pub fn run(args: BenchArgs) -> CliResult {
-    let client = client_config(&args.endpoints, args.config.as_deref(), args.timeout)?;
+    let client =
+        client_config(&args.endpoints, args.config.as_deref(), args.timeout, &args.security)?;
     let config = BenchConfig {
         client,
         workload: args.workload.into(),

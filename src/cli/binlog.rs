@@ -67,6 +67,9 @@ pub enum BinlogCommand {
 /// Arguments of `meridian saga`.
 #[derive(Debug, clap::Args)]
 pub struct SagaArgs {
+    /// TLS and token flags.
+    #[command(flatten)]
+    pub security: super::kv::SecurityArgs,
     /// API endpoints, comma-separated host:port [default: 127.0.0.1:7001,7002,7003].
     #[arg(long, env = "MERIDIAN_ENDPOINTS", value_delimiter = ',', global = true)]
     pub endpoints: Vec<String>,
@@ -218,7 +221,8 @@ pub fn run(args: BinlogArgs) -> CliResult {
         return Err(CliError::bad_input(anyhow!("--limit must be >= 1")));
     }
     let endpoints: Vec<String> = endpoint.into_iter().collect();
-    let config = client_config(&endpoints, config.as_deref(), None)?;
+    let config =
+        client_config(&endpoints, config.as_deref(), None, &super::kv::SecurityArgs::default())?;
     let addr =
         config.endpoints.first().cloned().ok_or_else(|| {
             CliError::bad_input(anyhow!("no endpoint: pass --endpoint HOST:PORT"))
@@ -303,7 +307,7 @@ fn print_records(title: &str, records: &[pb::Record]) {
 
 /// Run `meridian saga`.
 pub fn run_saga(args: SagaArgs) -> CliResult {
-    let config = client_config(&args.endpoints, None, args.timeout)?;
+    let config = client_config(&args.endpoints, None, args.timeout, &args.security)?;
     let client = Client::connect(config).map_err(CliError::bad_input)?;
     let json_out = args.json;
     runtime()?.block_on(async move {

@@ -22,6 +22,9 @@ use crate::checker::{run, CheckOptions, CheckOutcome, CheckerError};
 /// Arguments of `meridian check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    /// TLS and token flags.
+    #[command(flatten)]
+    pub security: super::kv::SecurityArgs,
     /// Every replica's API endpoint, comma-separated host:port (each is subscribed to
     /// directly).
     #[arg(long, env = "MERIDIAN_ENDPOINTS", value_delimiter = ',', required = true)]
@@ -73,7 +76,7 @@ pub fn run_check(args: CheckArgs) -> CliResult {
     if endpoints.is_empty() {
         return Err(CliError::bad_input(anyhow!("--endpoints names no endpoint")));
     }
-    let client = client_config(&endpoints, args.config.as_deref(), None)?;
+    let client = client_config(&endpoints, args.config.as_deref(), None, &args.security)?;
     let invariants = match &args.invariants {
         Some(path) => load_invariants(path).map_err(CliError::bad_input)?,
         None => Vec::new(),

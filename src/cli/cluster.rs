@@ -161,6 +161,10 @@ pub struct UpArgs {
     /// The meridian binary to run for each node (default: this executable).
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// Serve TLS (mutual TLS between nodes) with the certificates of <data-dir>/certs,
+    /// created with `meridian certs init` semantics when missing.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Arguments of `meridian cluster status`.
@@ -172,6 +176,10 @@ pub struct StatusArgs {
     /// Node API addresses (host:port or http://host:port), comma separated.
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Certificate directory of a TLS cluster (default: <data-dir>/certs when it
+    /// holds ca.pem); the `admin` client certificate is used when present.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Arguments of `meridian cluster down`.
@@ -223,6 +231,9 @@ async fn up(args: UpArgs) -> CliResult {
         manifest.data_dir = dir;
     }
     refuse_if_running(&manifest.data_dir)?;
+    if args.tls && manifest.tls.is_none() {
+        manifest.tls = Some(dev_tls(&manifest)?);
+    }
     let binary = process::resolve_binary(args.binary.as_deref(), &manifest).map_err(cli_error)?;
     let options = LaunchOptions {
         logs: LogTarget::Stderr,
@@ -253,6 +264,25 @@ async fn up(args: UpArgs) -> CliResult {
     shutdown(&cluster).await;
     ClusterState::remove(&data_root).map_err(cli_error)?;
     outcome
+}
+
+/// `--tls`: the certificate directory `<data_dir>/certs`, with a CA and node and admin
+/// certificates created when the CA is missing (an existing CA issues missing ones).
+fn dev_tls(manifest: &crate::cluster::Manifest) -> CliResult<crate::cluster::ManifestTls> {
+    use crate::cluster::certs;
+    let dir = manifest.data_dir.join("certs");
+    let missing = |name: &str| !certs::cert_paths(&dir, name).0.exists();
+    let nodes: Vec<String> =
+        manifest.nodes.iter().map(|n| format!("node-{}", n.id)).filter(|n| missing(n)).collect();
+    let clients: Vec<String> =
+        [certs::ADMIN_CLIENT.to_string()].into_iter().filter(|n| missing(n)).collect();
+    if !nodes.is_empty() || !clients.is_empty() {
+        let plan = certs::CertsPlan { dir: dir.clone(), nodes, clients, new_ca: false };
+        let report = certs::init(&plan).map_err(CliError::failure)?;
+        eprintln!("[cluster] TLS certificates written to {}", report.dir.display());
+    }
+    eprintln!("[cluster] TLS on: connect with `meridian kv --tls-dir {} ...`", dir.display());
+    Ok(crate::cluster::ManifestTls { dir, require_client_cert: false })
 }
 
 /// For a proxied cluster: bind the control endpoint on 127.0.0.1 and serve it.
@@ -453,8 +483,27 @@ async fn shutdown(cluster: &LocalCluster) {
 }
 
 async fn status(args: StatusArgs) -> CliResult {
+    let root = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let tls_dir = args.tls_dir.clone().or_else(|| {
+        let dir = root.join("certs");
+        (args.endpoints.is_empty() && dir.join(crate::cluster::certs::CA_CERT_FILE).exists())
+            .then_some(dir)
+    });
+    let tls = match &tls_dir {
+        Some(dir) => {
+            let sec = super::kv::SecurityArgs {
+                tls_dir: Some(dir.clone()),
+                client_name: crate::cluster::certs::ADMIN_CLIENT.to_string(),
+                ..Default::default()
+            };
+            let mut config = crate::client::ClientConfig::default();
+            sec.apply(&mut config);
+            let files = config.tls.unwrap_or_default();
+            Some(crate::client::endpoints::tls_config(&files).map_err(CliError::bad_input)?)
+        }
+        None => None,
+    };
     let targets: Vec<(Option<u64>, String)> = if args.endpoints.is_empty() {
-        let root = args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let state = ClusterState::read(&root).map_err(cli_error)?.ok_or_else(|| {
             CliError::failure(anyhow::anyhow!(
                 "no {} in {}: is a cluster running there? (or pass --endpoints)",
@@ -466,7 +515,7 @@ async fn status(args: StatusArgs) -> CliResult {
     } else {
         args.endpoints.iter().map(|e| (None, e.clone())).collect()
     };
-    let calls = targets.iter().map(|(_, addr)| node_status(addr));
+    let calls = targets.iter().map(|(_, addr)| node_status(addr, tls.clone()));
     let results = futures::future::join_all(calls).await;
     println!(
         "{:<4} {:<10} {:<10} {:>6} {:>7} {:>9} {:>9}  API",
@@ -517,11 +566,18 @@ fn role_name(role: pb::Role) -> &'static str {
 }
 
 /// One `Cluster/Status` call to `addr` within the launcher's status timeout.
-async fn node_status(addr: &str) -> Result<pb::StatusResponse, String> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+async fn node_status(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<pb::StatusResponse, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|_| format!("invalid endpoint {url:?}"))?
         .connect_timeout(process::CONNECT_TIMEOUT);
+    if let Some(t) = tls {
+        endpoint = endpoint.tls_config(t).map_err(|e| format!("tls: {e}"))?;
+    }
     let call = async {
         let channel = endpoint.connect().await.map_err(|e| format!("unreachable: {e}"))?;
         let mut client = pb::cluster_client::ClusterClient::new(channel);

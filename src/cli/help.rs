@@ -27,6 +27,7 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "meridian cluster up",
             "meridian cluster up cluster/three-regions.toml --data-dir /tmp/meridian",
+            "meridian cluster up --tls                   # certificates in ./data/certs",
         ],
     ),
     (
@@ -155,6 +156,14 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
             "meridian check --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \\\n    \
              --state /var/lib/meridian-check --invariants bank.toml --findings findings.jsonl",
             "meridian check --endpoints 127.0.0.1:7001,127.0.0.1:7002 --state ./chk --once --json",
+        ],
+    ),
+    ("meridian certs", &["meridian certs init --dir certs --nodes 3 --clients admin,alice"]),
+    (
+        "meridian certs init",
+        &[
+            "meridian certs init                         # ./certs: CA, node-1..3, admin",
+            "meridian certs init --dir certs --node-names node-4 --clients bob --json",
         ],
     ),
     ("meridian man", &["meridian man | man -l -", "meridian man --out /usr/local/share/man/man1"]),

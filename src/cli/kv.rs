@@ -58,6 +58,9 @@ pub struct KvArgs {
     /// leader only hands out a read index; the data is read locally).
     #[arg(long, global = true)]
     pub follower_reads: bool,
+    /// TLS and token flags.
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// The operation.
     #[command(subcommand)]
     pub command: KvCommand,
@@ -215,13 +218,71 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("bad duration {text:?}: {e}"))
 }
 
+/// TLS and authentication flags of the client commands (`kv`, `bench`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecurityArgs {
+    /// CA certificate (PEM) that signed the nodes' certificates: turns TLS on.
+    #[arg(long = "ca", id = "tls_ca", global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long = "key", id = "tls_key", global = true, value_name = "FILE", requires = "tls_cert")]
+    pub key: Option<PathBuf>,
+    /// Directory from `meridian certs init`: ca.pem plus the --client-name certificate.
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "tls_ca")]
+    pub tls_dir: Option<PathBuf>,
+    /// Client certificate name inside --tls-dir.
+    #[arg(long, global = true, default_value = crate::cluster::certs::ADMIN_CLIENT)]
+    pub client_name: String,
+    /// Bearer token (see the node's tokens file).
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl SecurityArgs {
+    /// Apply the flags over `config`.
+    pub fn apply(&self, config: &mut ClientConfig) {
+        use crate::client::config::ClientTlsConfig;
+        if let Some(dir) = &self.tls_dir {
+            let (cert, key) = crate::cluster::certs::cert_paths(dir, &self.client_name);
+            let tls = config.tls.get_or_insert_with(ClientTlsConfig::default);
+            tls.ca_file = Some(dir.join(crate::cluster::certs::CA_CERT_FILE));
+            if cert.exists() {
+                tls.cert_file = Some(cert);
+                tls.key_file = Some(key);
+            }
+        }
+        if let Some(ca) = &self.ca {
+            config.tls.get_or_insert_with(ClientTlsConfig::default).ca_file = Some(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let tls = config.tls.get_or_insert_with(ClientTlsConfig::default);
+            tls.cert_file = Some(cert.clone());
+            tls.key_file = Some(key.clone());
+        }
+        if let Some(t) = &self.token {
+            config.token = Some(t.clone());
+        }
+    }
+}
+
 /// Build the client config: defaults, then `file`, then the environment, then flags.
 pub(crate) fn client_config(
     endpoints: &[String],
     file: Option<&Path>,
     timeout: Option<Duration>,
+    security: &SecurityArgs,
 ) -> CliResult<ClientConfig> {
     let mut config = ClientConfig::load(file).map_err(CliError::bad_input)?;
+    security.apply(&mut config);
     let endpoints: Vec<String> =
         endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).map(String::from).collect();
     if !endpoints.is_empty() {
@@ -283,7 +344,8 @@ pub(crate) fn client_error(e: ClientError) -> CliError {
 
 /// Run `meridian kv`.
 pub fn run(args: KvArgs) -> CliResult {
-    let mut config = client_config(&args.endpoints, args.config.as_deref(), args.timeout)?;
+    let mut config =
+        client_config(&args.endpoints, args.config.as_deref(), args.timeout, &args.security)?;
     let explicit = args.endpoints.iter().any(|e| !e.trim().is_empty());
     pin_region(&mut config, args.region.as_deref(), args.data_dir.as_deref(), explicit)?;
     config.follower_reads |= args.follower_reads;

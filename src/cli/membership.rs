@@ -34,6 +34,9 @@ pub struct AdminTarget {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// TLS and token flags.
+    #[command(flatten)]
+    pub security: super::kv::SecurityArgs,
 }
 
 /// Arguments of `meridian cluster add-learner`.
@@ -105,7 +108,7 @@ fn connect(target: &AdminTarget) -> CliResult<Client> {
             )));
         }
     }
-    let config = client_config(&endpoints, None, target.timeout)?;
+    let config = client_config(&endpoints, None, target.timeout, &target.security)?;
     Client::connect(config).map_err(CliError::bad_input)
 }
 

@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod bench;
 pub mod binlog;
+pub mod certs;
 pub mod check;
 pub mod cluster;
 pub mod completions;
@@ -79,6 +80,9 @@ pub enum Command {
     Binlog(binlog::BinlogArgs),
     /// Open, commit, abort and inspect sagas (multi-step writes with compensation).
     Saga(binlog::SagaArgs),
+    /// Development certificates for TLS (CA, nodes, clients).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
@@ -120,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run_check(args),
         Command::Binlog(args) => binlog::run(args),
         Command::Saga(args) => binlog::run_saga(args),
+        Command::Certs(cmd) => certs::run(cmd),
         Command::Completions(args) => completions::run_completions(args, command()),
         Command::Man(args) => completions::run_man(args, command()),
     };

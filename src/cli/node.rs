@@ -61,6 +61,25 @@ pub struct NodeArgs {
     /// Binlog retention: trim events older than this many seconds (same on every node).
     #[arg(long)]
     pub binlog_retention_age_secs: Option<u64>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Enable TLS with the CA, certificate and key of this directory (ca.pem,
+    /// node-<id>.pem, node-<id>-key.pem as written by `meridian certs init`).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Refuse API clients without a certificate signed by the CA.
+    #[arg(long)]
+    pub require_client_cert: bool,
+    /// Tokens file: turns authentication and authorization on.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Requests per second per client identity (0: no limit).
+    #[arg(long)]
+    pub rate_per_sec: Option<u32>,
+    /// Requests a client may send at once (token bucket size).
+    #[arg(long)]
+    pub burst: Option<u32>,
 }
 
 /// Parse `ID=API/RAFT[@REGION]`.
@@ -117,6 +136,26 @@ impl NodeArgs {
         }
         if let Some(v) = self.binlog_retention_age_secs {
             c.binlog.retention_age_secs = v;
+        }
+        if let Some(v) = self.metrics_addr {
+            c.metrics_addr = Some(v);
+        }
+        if let Some(dir) = self.tls_dir {
+            let (cert, key) = crate::cluster::certs::cert_paths(&dir, &format!("node-{}", c.id));
+            c.tls.enabled = true;
+            c.tls.ca_file = Some(dir.join(crate::cluster::certs::CA_CERT_FILE));
+            c.tls.cert_file = Some(cert);
+            c.tls.key_file = Some(key);
+        }
+        c.tls.require_client_cert |= self.require_client_cert;
+        if let Some(v) = self.tokens_file {
+            c.auth.tokens_file = Some(v);
+        }
+        if let Some(v) = self.rate_per_sec {
+            c.limits.rate_per_sec = v;
+        }
+        if let Some(v) = self.burst {
+            c.limits.burst = v;
         }
         c.validate()?;
         Ok(c)

@@ -28,7 +28,7 @@ impl Client {
     ) -> Result<pb::AddLearnerResponse, ClientError> {
         let req = pb::AddLearnerRequest { member: Some(member), blocking };
         self.execute(admin("add_learner", timeout), |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { cluster(&ep).add_learner(req).await.map(Response::into_inner) }
         })
         .await
@@ -41,7 +41,7 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<pb::RemoveLearnerResponse, ClientError> {
         self.execute(admin("remove_learner", timeout), |ep, deadline| {
-            let req = request(pb::RemoveLearnerRequest { id }, deadline);
+            let req = request(pb::RemoveLearnerRequest { id }, deadline, self.inner.auth.as_ref());
             async move { cluster(&ep).remove_learner(req).await.map(Response::into_inner) }
         })
         .await
@@ -57,7 +57,7 @@ impl Client {
     ) -> Result<pb::ChangeMembershipResponse, ClientError> {
         let req = pb::ChangeMembershipRequest { voter_ids, retain_as_learners };
         self.execute(admin("change_membership", timeout), |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { cluster(&ep).change_membership(req).await.map(Response::into_inner) }
         })
         .await
@@ -70,7 +70,7 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<(), ClientError> {
         self.execute(admin("transfer_leader", timeout), |ep, deadline| {
-            let req = request(pb::TransferLeaderRequest { to }, deadline);
+            let req = request(pb::TransferLeaderRequest { to }, deadline, self.inner.auth.as_ref());
             async move { cluster(&ep).transfer_leader(req).await.map(|_| ()) }
         })
         .await

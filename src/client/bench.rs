@@ -465,6 +465,7 @@ fn report(
             breaker_rejections: a.breaker_rejections + m.breaker_rejections,
             failed_calls: a.failed_calls + m.failed_calls,
             indeterminate_calls: a.indeterminate_calls + m.indeterminate_calls,
+            rate_limited: a.rate_limited + m.rate_limited,
         });
     BenchReport {
         target: "meridian".into(),

@@ -211,7 +211,7 @@ impl Client {
             request_id,
         };
         self.execute(spec, |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).open_saga(req).await.map(Response::into_inner) }
         })
         .await
@@ -227,7 +227,7 @@ impl Client {
         let spec = CallSpec::write("commit_saga", &request_id, options.timeout);
         let req = pb::CommitSagaRequest { saga_id: saga_id.to_string(), request_id };
         self.execute(spec, |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).commit_saga(req).await.map(Response::into_inner) }
         })
         .await
@@ -249,7 +249,7 @@ impl Client {
             reason: reason.to_string(),
         };
         self.execute(spec, |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).abort_saga(req).await.map(Response::into_inner) }
         })
         .await
@@ -259,7 +259,7 @@ impl Client {
     pub async fn get_saga(&self, saga_id: &str) -> Result<pb::GetSagaResponse, ClientError> {
         let req = pb::GetSagaRequest { saga_id: saga_id.to_string() };
         self.execute(CallSpec::read("get_saga", Route::Leader, None), |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).get_saga(req).await.map(Response::into_inner) }
         })
         .await

@@ -117,7 +117,7 @@ impl Client {
             attempts += 1;
             Counters::inc(&counters.attempts);
             if attempts > 1 {
-                Counters::inc(&counters.retries);
+                Counters::inc_exported(&counters.retries, "meridian_client_retries_total");
             }
             let target = redirect
                 .take()
@@ -125,7 +125,10 @@ impl Client {
                 .or_else(|| inner.endpoints.pick(spec.route, now, &failed));
             let retry_after = match target {
                 None => {
-                    Counters::inc(&counters.breaker_rejections);
+                    Counters::inc_exported(
+                        &counters.breaker_rejections,
+                        "meridian_client_breaker_rejections_total",
+                    );
                     last = Failure {
                         code: Some(Code::Unavailable),
                         message: "every endpoint's circuit breaker is open".into(),
@@ -166,6 +169,12 @@ impl Client {
                         leader_hint: hint.clone(),
                         retry_after: retry::retry_after(&status),
                     };
+                    if code == Code::ResourceExhausted {
+                        Counters::inc_exported(
+                            &counters.rate_limited,
+                            "meridian_client_rate_limited_total",
+                        );
+                    }
                     if !d.retry || attempts >= retry_cfg.max_attempts {
                         return Err(self.fail(&spec, attempts, may_have_applied, last, false));
                     }
@@ -205,9 +214,18 @@ impl Client {
 
     fn record_outcome(&self, ep: &EndpointState, healthy: bool) {
         if ep.breaker.record(self.inner.clock.now(), healthy) == Some(BreakerState::Open) {
-            Counters::inc(&self.inner.counters.breaker_opens);
+            Counters::inc_exported(
+                &self.inner.counters.breaker_opens,
+                "meridian_client_breaker_opens_total",
+            );
             tracing::warn!(endpoint = %ep.addr, "circuit breaker opened");
         }
+        let state = match ep.breaker.state() {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        };
+        metrics::gauge!("meridian_client_breaker_state", "endpoint" => ep.addr.clone()).set(state);
     }
 
     fn fail(

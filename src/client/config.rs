@@ -10,6 +10,8 @@
 //! `MERIDIAN_CLIENT_REQUEST_TIMEOUT_MS`, `MERIDIAN_CLIENT_MAX_ATTEMPTS`,
 //! `MERIDIAN_CLIENT_MAX_ELAPSED_MS`, `MERIDIAN_CLIENT_REGION`,
 //! `MERIDIAN_CLIENT_FOLLOWER_READS`.
+//! `MERIDIAN_CLIENT_MAX_ELAPSED_MS`, `MERIDIAN_CLIENT_REGION`, `MERIDIAN_CLIENT_TOKEN`,
+//! `MERIDIAN_CLIENT_CA_FILE`, `MERIDIAN_CLIENT_CERT_FILE`, `MERIDIAN_CLIENT_KEY_FILE`.
 //!
 //! Timeouts: `request_timeout_ms` bounds one attempt (it is sent as the gRPC deadline);
 //! `retry.max_elapsed_ms` bounds a whole logical call, retries and backoff included.
@@ -118,7 +120,29 @@ pub struct ClientConfig {
     pub retry: RetryConfig,
     /// Circuit breaker policy.
     pub breaker: BreakerConfig,
+    /// TLS towards the nodes; None: plaintext.
+    pub tls: Option<ClientTlsConfig>,
+    /// Bearer token sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
 }
+
+/// `[tls]` of a client: PEM files. With `cert_file`/`key_file` the client presents a
+/// certificate (mutual TLS; its common name is the client's identity).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTlsConfig {
+    /// CA certificate that signed the nodes' certificates.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (optional; both or neither of cert_file and key_file).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Client private key.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Server name expected in the nodes' certificates (default "localhost").
+    pub domain: Option<String>,
+}
+
+/// Server name a client expects when `tls.domain` is not set.
+pub const DEFAULT_TLS_DOMAIN: &str = "localhost";
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -132,6 +156,8 @@ impl Default for ClientConfig {
             follower_reads: false,
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
+            tls: None,
+            token: None,
         }
     }
 }
@@ -210,6 +236,21 @@ impl ClientConfig {
         if let Some(v) = get("MERIDIAN_CLIENT_FOLLOWER_READS") {
             self.follower_reads = parse_env("MERIDIAN_CLIENT_FOLLOWER_READS", &v)?;
         }
+        if let Some(v) = get("MERIDIAN_CLIENT_TOKEN") {
+            self.token = Some(v);
+        }
+        let tls_file = |name: &str| get(name).map(std::path::PathBuf::from);
+        let (ca, cert, key) = (
+            tls_file("MERIDIAN_CLIENT_CA_FILE"),
+            tls_file("MERIDIAN_CLIENT_CERT_FILE"),
+            tls_file("MERIDIAN_CLIENT_KEY_FILE"),
+        );
+        if ca.is_some() || cert.is_some() || key.is_some() {
+            let tls = self.tls.get_or_insert_with(ClientTlsConfig::default);
+            tls.ca_file = ca.or(tls.ca_file.take());
+            tls.cert_file = cert.or(tls.cert_file.take());
+            tls.key_file = key.or(tls.key_file.take());
+        }
         Ok(())
     }
 
@@ -259,6 +300,19 @@ impl ClientConfig {
                 "breaker.error_rate_percent must be 1..=100, got {}",
                 b.error_rate_percent
             )));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.ca_file.is_none() {
+                return Err(invalid("tls.ca_file is required when [tls] is set"));
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(invalid("tls.cert_file and tls.key_file go together"));
+            }
+        }
+        if let Some(t) = &self.token {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid("token must be printable ASCII without spaces"));
+            }
         }
         if let Some(region) = &self.region {
             if region.is_empty() || region.len() > MAX_REGION_BYTES {

@@ -99,8 +99,15 @@ pub struct EndpointState {
 
 impl EndpointState {
     fn new(addr: String, config: &ClientConfig, now: Instant) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::Config(format!("endpoint {addr}: {e}")))?
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| ClientError::Config(format!("endpoint {addr}: {e}")))?;
+        if let Some(tls) = &config.tls {
+            endpoint = endpoint
+                .tls_config(tls_config(tls)?)
+                .map_err(|e| ClientError::Config(format!("tls for {addr}: {e}")))?;
+        }
+        let endpoint = endpoint
             .user_agent(concat!("meridian-client/", env!("CARGO_PKG_VERSION")))
             .map_err(|e| ClientError::Config(format!("user agent: {e}")))?
             .connect_timeout(config.connect_timeout())
@@ -142,6 +149,39 @@ impl EndpointState {
     pub fn channel(&self) -> Channel {
         self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone()
     }
+}
+
+/// Largest PEM file the client reads, bytes.
+pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    let err = |m: String| ClientError::Config(format!("tls {what} {}: {m}", path.display()));
+    let len = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
+    if len > MAX_PEM_BYTES {
+        return Err(err(format!("larger than {MAX_PEM_BYTES} bytes")));
+    }
+    std::fs::read(path).map_err(|e| err(e.to_string()))
+}
+
+/// The rustls settings of a client from its `[tls]` files.
+pub fn tls_config(
+    tls: &super::config::ClientTlsConfig,
+) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
+    use tonic::transport::{Certificate, Identity};
+    let ca = tls
+        .ca_file
+        .as_deref()
+        .ok_or_else(|| ClientError::Config("tls.ca_file is required".into()))?;
+    let mut out = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read_pem("CA", ca)?))
+        .domain_name(
+            tls.domain.clone().unwrap_or_else(|| super::config::DEFAULT_TLS_DOMAIN.into()),
+        );
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        out =
+            out.identity(Identity::from_pem(read_pem("certificate", cert)?, read_pem("key", key)?));
+    }
+    Ok(out)
 }
 
 /// Which endpoints a call may go to.

@@ -1,5 +1,7 @@
 //! Client counters: plain atomics, read as a [`ClientMetrics`] snapshot. Monotonic
-//! for the life of the client; a metrics-crate exporter can be layered on later.
+//! for the life of the client. The same events are also recorded through the
+//! `metrics` facade (`meridian_client_*` series, see docs/OPERATIONS.md) so a program
+//! embedding the client exports them with whatever recorder it installs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +26,9 @@ pub struct ClientMetrics {
     pub failed_calls: u64,
     /// Write calls that ended in an indeterminate error.
     pub indeterminate_calls: u64,
+    /// Attempts refused with RESOURCE_EXHAUSTED (rate limited); the next attempt
+    /// waited at least the server's `retry-after-ms` hint.
+    pub rate_limited: u64,
 }
 
 /// The live counters behind [`ClientMetrics`].
@@ -37,11 +42,18 @@ pub(crate) struct Counters {
     pub breaker_rejections: AtomicU64,
     pub failed_calls: AtomicU64,
     pub indeterminate_calls: AtomicU64,
+    pub rate_limited: AtomicU64,
 }
 
 impl Counters {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count an event both here and in the `metrics` facade series `name`.
+    pub fn inc_exported(counter: &AtomicU64, name: &'static str) {
+        Self::inc(counter);
+        metrics::counter!(name).increment(1);
     }
 
     pub fn snapshot(&self) -> ClientMetrics {
@@ -55,6 +67,7 @@ impl Counters {
             breaker_rejections: get(&self.breaker_rejections),
             failed_calls: get(&self.failed_calls),
             indeterminate_calls: get(&self.indeterminate_calls),
+            rate_limited: get(&self.rate_limited),
         }
     }
 }

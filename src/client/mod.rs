@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Response};
 
@@ -58,7 +59,7 @@ pub mod txn;
 pub use binlog::{SagaOptions, StreamError, SubscribeOptions, Subscription, WatchOptions};
 pub use breaker::BreakerState;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{BreakerConfig, ClientConfig, RetryConfig};
+pub use config::{BreakerConfig, ClientConfig, ClientTlsConfig, RetryConfig};
 pub use endpoints::EndpointInfo;
 pub use error::{ClientError, RpcError};
 pub use metrics::ClientMetrics;
@@ -240,6 +241,8 @@ struct Inner {
     counters: Counters,
     jitter: Mutex<StdRng>,
     jitter_seed: u64,
+    /// `Bearer <token>` when the config has a token.
+    auth: Option<MetadataValue<Ascii>>,
 }
 
 /// A Meridian client. Cheap to clone: clones share channels, breakers and counters.
@@ -306,6 +309,13 @@ impl ClientBuilder {
         let jitter_seed = self.config.retry.jitter_seed.unwrap_or_else(rand::random);
         tracing::debug!(jitter_seed, "meridian client created");
         let endpoints = EndpointSet::new(&self.config, self.clock.now())?;
+        let auth = match &self.config.token {
+            Some(t) => Some(
+                MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| ClientError::Config("token must be printable ASCII".into()))?,
+            ),
+            None => None,
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -314,6 +324,7 @@ impl ClientBuilder {
                 counters: Counters::default(),
                 jitter: Mutex::new(StdRng::seed_from_u64(jitter_seed)),
                 jitter_seed,
+                auth,
             }),
         })
     }
@@ -323,9 +334,12 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn request<T>(message: T, deadline: Duration) -> Request<T> {
+fn request<T>(message: T, deadline: Duration, auth: Option<&MetadataValue<Ascii>>) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(deadline);
+    if let Some(v) = auth {
+        request.metadata_mut().insert("authorization", v.clone());
+    }
     request
 }
 
@@ -437,7 +451,7 @@ impl Client {
         let req =
             pb::GetRequest { key: key.into(), consistency: consistency as i32, max_staleness_ms };
         self.execute(CallSpec::read("get", route, options.timeout), |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).get(req).await.map(Response::into_inner) }
         })
         .await
@@ -482,7 +496,7 @@ impl Client {
             saga_id: options.saga_id.unwrap_or_default(),
         };
         self.execute(spec, |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).put(req).await.map(Response::into_inner) }
         })
         .await
@@ -504,7 +518,7 @@ impl Client {
             saga_id: options.saga_id.unwrap_or_default(),
         };
         self.execute(spec, |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).delete(req).await.map(Response::into_inner) }
         })
         .await
@@ -537,7 +551,7 @@ impl Client {
             max_staleness_ms,
         };
         self.execute(CallSpec::read("range", route, options.timeout), |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).range(req).await.map(Response::into_inner) }
         })
         .await
@@ -595,7 +609,7 @@ impl Client {
         let spec = CallSpec::write("txn", &request_id, txn.timeout);
         let req = txn.to_request(request_id);
         self.execute(spec, |ep, deadline| {
-            let req = request(req.clone(), deadline);
+            let req = request(req.clone(), deadline, self.inner.auth.as_ref());
             async move { kv(&ep).txn(req).await.map(Response::into_inner) }
         })
         .await
@@ -605,7 +619,11 @@ impl Client {
     /// request timeout, no retries and no breaker (it is a diagnostic).
     pub async fn status(&self, endpoint: &str) -> Result<pb::StatusResponse, ClientError> {
         let ep = self.endpoint_state(endpoint)?;
-        let req = request(pb::StatusRequest {}, self.inner.config.request_timeout());
+        let req = request(
+            pb::StatusRequest {},
+            self.inner.config.request_timeout(),
+            self.inner.auth.as_ref(),
+        );
         cluster(&ep).status(req).await.map(Response::into_inner).map_err(|status| {
             let (code, message) = retry::describe(&status);
             RpcError {
@@ -639,7 +657,7 @@ impl Client {
         let endpoints = self.inner.endpoints.all();
         let probes = endpoints.iter().map(|ep| async move {
             let started = std::time::Instant::now();
-            let req = request(pb::StatusRequest {}, PROBE_TIMEOUT);
+            let req = request(pb::StatusRequest {}, PROBE_TIMEOUT, self.inner.auth.as_ref());
             let answer = tokio::time::timeout(PROBE_TIMEOUT, cluster(ep).status(req)).await;
             match answer {
                 Ok(Ok(resp)) => {
@@ -660,7 +678,7 @@ impl Client {
     /// The cluster membership, from any endpoint.
     pub async fn members(&self) -> Result<pb::MembersResponse, ClientError> {
         self.execute(CallSpec::read("members", Route::Any, None), |ep, deadline| {
-            let req = request(pb::MembersRequest {}, deadline);
+            let req = request(pb::MembersRequest {}, deadline, self.inner.auth.as_ref());
             async move { cluster(&ep).members(req).await.map(Response::into_inner) }
         })
         .await

@@ -21,6 +21,9 @@
 //! latency_ms = 40              # one way, on every link between nodes of the two
 //!                              # regions, and on client links of one region to nodes
 //!                              # of the other; kept by `cluster fault heal`
+//! [tls]                        # optional: TLS with a `meridian certs init` directory
+//! dir = "certs"
+//! require_client_cert = false
 //!
 //! [[node]]
 //! id = 1
@@ -200,9 +203,26 @@ pub struct Manifest {
     /// Fault-proxy routing of the cluster's links (default: none).
     #[serde(default, skip_serializing_if = "NetworkConfig::is_default")]
     pub network: NetworkConfig,
+    /// TLS for every node (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ManifestTls>,
     /// The nodes; the first one bootstraps the cluster.
     #[serde(rename = "node")]
     pub nodes: Vec<ManifestNode>,
+}
+
+/// `[tls]` of a manifest: a certificate directory in the `meridian certs init`
+/// layout (ca.pem, node-N.pem, node-N-key.pem, admin.pem, admin-key.pem). Every node
+/// serves TLS and dials its peers with mutual TLS; the launcher itself connects as
+/// the `admin` client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestTls {
+    /// Certificate directory (relative paths are relative to the working directory).
+    pub dir: PathBuf,
+    /// Refuse API clients without a certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 impl Manifest {
@@ -343,6 +363,20 @@ impl Manifest {
                 preferred_leader_region: self.preferred_leader_region.clone(),
                 ..Default::default()
             },
+            tls: self.tls.as_ref().map_or_else(
+                || NodeConfig::default().tls,
+                |t| {
+                    let (cert, key) = super::certs::cert_paths(&t.dir, &format!("node-{id}"));
+                    crate::config::TlsConfig {
+                        enabled: true,
+                        ca_file: Some(t.dir.join(super::certs::CA_CERT_FILE)),
+                        cert_file: Some(cert),
+                        key_file: Some(key),
+                        require_client_cert: t.require_client_cert,
+                        peer_domain: crate::config::DEFAULT_PEER_DOMAIN.to_string(),
+                    }
+                },
+            ),
             ..NodeConfig::default()
         })
     }

@@ -36,6 +36,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod certs;
 pub mod control;
 pub mod manifest;
 pub mod network;
@@ -45,7 +46,7 @@ pub mod signal;
 pub mod state;
 pub mod testing;
 
-pub use manifest::{Manifest, ManifestNode, NetworkConfig};
+pub use manifest::{Manifest, ManifestNode, ManifestTls, NetworkConfig};
 pub use network::{ClusterNetwork, Grudge};
 pub use process::{LaunchOptions, LocalCluster, LogTarget};
 pub use testing::{TestCluster, TestOptions};

@@ -614,9 +614,14 @@ impl LocalCluster {
     /// [`CONNECT_TIMEOUT`], per-request timeout [`RPC_TIMEOUT`]). Keep it and reuse it;
     /// it reconnects after a node restart. Must be called inside a tokio runtime.
     pub fn channel(&self, id: u64) -> Result<Channel, ClusterError> {
-        let url = format!("http://{}", self.api_addr(id)?);
-        let endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|_| ClusterError::Endpoint(url))?;
+        let scheme = if self.manifest.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", self.api_addr(id)?);
+        let mut endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|_| ClusterError::Endpoint(url.clone()))?;
+        if let Some(tls) = &self.manifest.tls {
+            endpoint =
+                endpoint.tls_config(launcher_tls(tls)?).map_err(|_| ClusterError::Endpoint(url))?;
+        }
         Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).timeout(RPC_TIMEOUT).connect_lazy())
     }
 
@@ -807,4 +812,19 @@ impl Drop for LocalCluster {
             }
         }
     }
+}
+
+/// The launcher's own TLS settings: the CA and the `admin` client certificate.
+fn launcher_tls(
+    tls: &super::manifest::ManifestTls,
+) -> Result<tonic::transport::ClientTlsConfig, ClusterError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: std::path::PathBuf| {
+        std::fs::read(&p).map_err(|e| ClusterError::io(format!("cannot read {}", p.display()), e))
+    };
+    let (cert, key) = super::certs::cert_paths(&tls.dir, super::certs::ADMIN_CLIENT);
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(tls.dir.join(super::certs::CA_CERT_FILE))?))
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .domain_name(crate::config::DEFAULT_PEER_DOMAIN))
 }

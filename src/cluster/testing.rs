@@ -61,6 +61,11 @@ pub struct TestOptions {
     pub client_proxy: bool,
     /// Nodes left out of the initial membership (started empty, to be added later).
     pub standby: Vec<u64>,
+    /// TLS for every node (a `meridian certs init` directory); default none.
+    pub tls: Option<super::manifest::ManifestTls>,
+    /// Give every node a Prometheus endpoint on a free port (see
+    /// [`TestCluster::metrics_addr`]); default off.
+    pub metrics: bool,
 }
 
 impl TestOptions {
@@ -78,6 +83,8 @@ impl TestOptions {
             proxy: false,
             client_proxy: false,
             standby: Vec::new(),
+            tls: None,
+            metrics: false,
         }
     }
 }
@@ -101,6 +108,7 @@ pub struct TestCluster {
     // Field order matters: the cluster (its processes) drops before the directory.
     cluster: LocalCluster,
     dir: Option<tempfile::TempDir>,
+    metrics_addrs: std::collections::BTreeMap<u64, SocketAddr>,
 }
 
 impl std::fmt::Debug for TestCluster {
@@ -131,6 +139,7 @@ impl TestCluster {
             raft: Some(options.raft.clone()),
             preferred_leader_region: None,
             network: NetworkConfig::default(),
+            tls: None,
             nodes,
         };
         Self::start_layout(layout, options).await
@@ -150,18 +159,28 @@ impl TestCluster {
             .tempdir()
             .map_err(|e| ClusterError::io("cannot create a temp dir", e))?;
         let n = layout.nodes.len();
-        let ports = free_ports(2 * n)?;
+        let ports = free_ports(3 * n)?;
+        let mut metrics_addrs = std::collections::BTreeMap::new();
         let nodes = layout
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, node)| ManifestNode {
-                id: node.id,
-                region: node.region.clone(),
-                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
-                raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
-                extra_args: node.extra_args.iter().chain(&options.extra_args).cloned().collect(),
-                standby: node.standby || options.standby.contains(&node.id),
+            .map(|(i, node)| {
+                let mut extra_args: Vec<String> =
+                    node.extra_args.iter().chain(&options.extra_args).cloned().collect();
+                if options.metrics {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 2]));
+                    metrics_addrs.insert(node.id, addr);
+                    extra_args.extend(["--metrics-addr".to_string(), addr.to_string()]);
+                }
+                ManifestNode {
+                    id: node.id,
+                    region: node.region.clone(),
+                    api_addr: SocketAddr::from(([127, 0, 0, 1], ports[3 * i])),
+                    raft_addr: SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 1])),
+                    extra_args,
+                    standby: node.standby || options.standby.contains(&node.id),
+                }
             })
             .collect();
         let regional = !layout.network.region_latency.is_empty();
@@ -179,6 +198,7 @@ impl TestCluster {
                 region_latency: layout.network.region_latency.clone(),
                 ..layout.network.clone()
             },
+            tls: options.tls.clone(),
             nodes,
         };
         manifest.validate().map_err(|message| ClusterError::Manifest {
@@ -194,7 +214,11 @@ impl TestCluster {
             stop_timeout: TEST_STOP_TIMEOUT,
             proxy,
         };
-        let cluster = TestCluster { cluster: LocalCluster::new(manifest, launch)?, dir: Some(dir) };
+        let cluster = TestCluster {
+            cluster: LocalCluster::new(manifest, launch)?,
+            dir: Some(dir),
+            metrics_addrs,
+        };
         let started = async {
             cluster.start_all().await?;
             if options.bootstrap && options.wait_for_leader {
@@ -214,6 +238,11 @@ impl TestCluster {
     /// The temporary directory holding data dirs, configs and logs.
     pub fn dir(&self) -> &Path {
         self.cluster.data_root()
+    }
+
+    /// The Prometheus endpoint of node `id` (with [`TestOptions::metrics`]).
+    pub fn metrics_addr(&self, id: u64) -> Option<SocketAddr> {
+        self.metrics_addrs.get(&id).copied()
     }
 
     /// Keep the directory after Drop (it is also kept when a test panics).

@@ -27,6 +27,7 @@ use crate::hlc::Hlc;
 use crate::pb::v1 as pb;
 use crate::pb::v1::raft_client::RaftClient;
 use crate::storage::types::Vote;
+use crate::tls::NodeTls;
 
 /// TCP connect timeout to a peer.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,11 +63,17 @@ struct NetInner {
     hlc: Hlc,
     snapshot_chunk_bytes: usize,
     channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<NodeTls>,
 }
 
-/// Build the lazily-connecting channel to `addr` (host:port).
-pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// Build the lazily-connecting channel to `addr` (host:port); with `tls`, mutual TLS
+/// (our node certificate, the peer's verified against the CA).
+pub fn peer_channel(addr: &str, tls: Option<&NodeTls>) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = match tls {
+        Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.peer_client())?,
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    Ok(endpoint
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
@@ -83,6 +90,7 @@ impl Network {
         hlc: Hlc,
         snapshot_chunk_bytes: usize,
         routes: HashMap<NodeId, String>,
+        tls: Option<NodeTls>,
     ) -> Self {
         let inner = NetInner {
             cluster_name,
@@ -90,6 +98,7 @@ impl Network {
             hlc,
             snapshot_chunk_bytes,
             channels: Mutex::default(),
+            tls,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -99,13 +108,18 @@ impl Network {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = peer_channel(addr)?;
+        let c = peer_channel(addr, self.inner.tls.as_ref())?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }
 }
 
 impl Network {
+    /// The node's TLS material (also used to forward API requests to the leader).
+    pub fn tls(&self) -> Option<&NodeTls> {
+        self.inner.tls.as_ref()
+    }
+
     /// Ask the leader (`leader` at Raft address `addr`) for a read index on behalf of
     /// node `from`: the log id a follower must apply before serving a linearizable read
     /// locally. The leader refuses nodes that are not members

@@ -120,6 +120,21 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<pb::RaftReply>, Status> {
     Ok(Response::new(pb::RaftReply { payload }))
 }
 
+/// Log the trace id of every client write a follower receives (debug level), so one
+/// write can be followed from the leader's proposal to each replica.
+fn log_traced_entries(node: NodeId, entries: &[crate::storage::types::Entry]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for e in entries {
+        if let openraft::EntryPayload::Normal(cmd) = &e.payload {
+            if !cmd.trace_id.is_empty() {
+                tracing::debug!(node, trace_id = %cmd.trace_id, index = e.log_id.index, "follower: received entry");
+            }
+        }
+    }
+}
+
 fn raft_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
@@ -132,6 +147,7 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::RaftReply>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = self.decode(req)?;
         let leader_commit = rpc.leader_commit.as_ref().map_or(0, |l| l.index);
+        log_traced_entries(self.id, &rpc.entries);
         let resp = self.raft.append_entries(rpc).await.map_err(raft_status)?;
         if resp.is_success() {
             self.contact.record(leader_commit);

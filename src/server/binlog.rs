@@ -341,6 +341,7 @@ impl pb::binlog_server::Binlog for BinlogService {
         &self,
         req: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = super::auth::caller(&req)?.clone();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(START_TIMEOUT, inbound.message())
             .await
@@ -349,6 +350,11 @@ impl pb::binlog_server::Binlog for BinlogService {
             })??
             .ok_or_else(|| Status::invalid_argument("subscribe: stream closed before `start`"))?;
         let params = validate_start(first, self.core.limits.max_key_bytes).map_err(to_status)?;
+        let prefix: &[u8] = match &params.filter {
+            EventFilter::Subscribe { prefix, .. } => prefix,
+            _ => &[],
+        };
+        caller.check(super::auth::Access::Prefix(super::auth::Role::Read, prefix))?;
         check_start(&self.core, params.from_revision)?;
         let cursor = if params.from_revision == 0 {
             (self.core.reader.binlog_oldest().map_err(|e| to_status(e.into()))?, 0)

@@ -8,6 +8,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, Access};
 use super::core::NodeCore;
 use super::status::to_status;
 use crate::error::Error;
@@ -62,6 +63,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        authorize(&_req, Access::Authenticated)?;
         let core = &self.core;
         let point = core.reader.applied().map_err(|e| to_status(e.into()))?;
         let (leader_id, leader_addr) = core.leader();
@@ -94,6 +96,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _req: Request<pb::MembersRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
+        authorize(&_req, Access::Authenticated)?;
         let m = self.core.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -114,6 +117,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::InitializeResponse>, Status> {
+        authorize(&req, Access::Admin)?;
         let mut members = BTreeMap::new();
         for m in req.into_inner().members {
             if m.id == 0 || m.api_addr.is_empty() || m.raft_addr.is_empty() {
@@ -137,6 +141,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        authorize(&req, Access::Admin)?;
         self.add_learner_impl(req.into_inner()).await.map(Response::new)
     }
 
@@ -144,6 +149,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        authorize(&req, Access::Admin)?;
         self.change_membership_impl(req.into_inner()).await.map(Response::new)
     }
 
@@ -151,6 +157,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveLearnerRequest>,
     ) -> Result<Response<pb::RemoveLearnerResponse>, Status> {
+        authorize(&req, Access::Admin)?;
         self.remove_learner_impl(req.into_inner()).await.map(Response::new)
     }
 
@@ -158,6 +165,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        authorize(&req, Access::Admin)?;
         self.transfer_leader_impl(req.into_inner()).await?;
         Ok(Response::new(pb::TransferLeaderResponse {}))
     }
@@ -166,6 +174,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::SetClockOffsetRequest>,
     ) -> Result<Response<pb::SetClockOffsetResponse>, Status> {
+        authorize(&req, Access::Admin)?;
         self.set_clock_offset_impl(req.into_inner()).map(Response::new)
     }
 
@@ -173,6 +182,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::CorruptKeyRequest>,
     ) -> Result<Response<pb::CorruptKeyResponse>, Status> {
+        authorize(&req, Access::Admin)?;
         self.corrupt_key_impl(req.into_inner()).map(Response::new)
     }
 }

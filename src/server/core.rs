@@ -165,6 +165,7 @@ impl NodeCore {
         self.ensure_initialized()?;
         let source = Source { node_id: self.id, region: self.config.region.clone() };
         let mut cmd = Command { request_id, saga_id, trace_id, hlc: self.hlc.now(), source, op };
+        let _in_flight = super::metrics::InFlight::start();
         loop {
             let res = tokio::time::timeout_at(deadline, self.raft.client_write(cmd.clone())).await;
             let res = res.map_err(|_| {
@@ -173,7 +174,10 @@ impl NodeCore {
                 )
             })?;
             match res {
-                Ok(resp) => return Ok(resp.data),
+                Ok(resp) => {
+                    tracing::debug!(trace_id = %cmd.trace_id, index = resp.log_id.index, "leader: write committed");
+                    return Ok(resp.data);
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     let own = f.leader_id == Some(self.id);
                     if (own || f.reason == ForwardReason::LeaseExpired) && Instant::now() + LEASE_RETRY_PAUSE < deadline {

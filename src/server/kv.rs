@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::StatusExt;
 use tracing::Instrument;
 
+use super::auth::{authorize, authorize_txn, Access, Role};
 use super::core::NodeCore;
 use super::status::{to_status, LEADER_METADATA};
 use super::validate;
@@ -73,12 +74,16 @@ impl RequestCtx {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .map_or(default_timeout, |t| t.min(default_timeout));
-        let trace_id = md
-            .get(REQUEST_ID_METADATA)
-            .or_else(|| md.get("traceparent"))
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(128).collect())
-            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        // The request layer validated `traceparent` / `x-request-id` and stored the
+        // result; the fallback serves services mounted without the layer (tests).
+        let trace_id = match req.extensions().get::<super::layer::TraceContext>() {
+            Some(t) => t.trace_id.clone(),
+            None => md
+                .get(REQUEST_ID_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(128).collect())
+                .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>())),
+        };
         RequestCtx {
             deadline: Instant::now() + timeout,
             forwarded: md.get(FORWARDED_METADATA).is_some(),
@@ -104,7 +109,7 @@ impl KvService {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = crate::raft::network::peer_channel(addr)
+        let ch = crate::raft::network::peer_channel(addr, self.core.network.tls())
             .map_err(|e| Status::unavailable(format!("bad leader address {addr:?}: {e}")))?;
         let c = KvClient::new(ch)
             .max_decoding_message_size(API_MAX_MESSAGE_BYTES)
@@ -128,8 +133,18 @@ impl KvService {
     {
         let default_timeout = Duration::from_millis(self.core.config.default_request_timeout_ms);
         let ctx = RequestCtx::new(&req, default_timeout);
+        let caller = req.extensions().get::<super::auth::Caller>().cloned();
+        let request_id = req
+            .extensions()
+            .get::<super::layer::TraceContext>()
+            .map_or_else(|| ctx.trace_id.clone(), |t| t.request_id.clone());
         let inner = req.into_inner();
-        let span = tracing::debug_span!("kv", trace_id = %ctx.trace_id, node = self.core.id);
+        let span = tracing::debug_span!(
+            "kv",
+            trace_id = %ctx.trace_id,
+            request_id = %request_id,
+            node = self.core.id
+        );
         let work = handler(self.core.clone(), ctx.clone(), inner.clone()).instrument(span);
         let res = tokio::time::timeout_at(ctx.deadline, work)
             .await
@@ -144,7 +159,7 @@ impl KvService {
                 // clients are always told the public address.
                 let route = leader_id.and_then(|id| self.core.config.api_route(id));
                 let target = route.map_or(addr, str::to_string);
-                self.forward(&ctx, &target, leader_id, inner, forward).await
+                self.forward(&ctx, caller.as_ref(), &target, leader_id, inner, forward).await
             }
             Err(e) => Err(to_status(e)),
         }
@@ -153,6 +168,7 @@ impl KvService {
     async fn forward<Req, Resp, F, FF>(
         &self,
         ctx: &RequestCtx,
+        caller: Option<&super::auth::Caller>,
         addr: &str,
         leader_id: Option<u64>,
         inner: Req,
@@ -171,6 +187,23 @@ impl KvService {
         }
         if let Ok(v) = MetadataValue::try_from(ctx.trace_id.as_str()) {
             r.metadata_mut().insert(REQUEST_ID_METADATA, v);
+        }
+        // The leader's request layer keeps the trace id (from traceparent) and, for
+        // an authenticated caller, re-authorizes the caller's identity: it trusts the
+        // header only because this connection presents our node certificate.
+        let trace = super::layer::TraceContext {
+            trace_id: ctx.trace_id.clone(),
+            request_id: ctx.trace_id.clone(),
+        };
+        if super::layer::parse_traceparent(&trace.traceparent()).is_ok() {
+            if let Ok(v) = MetadataValue::try_from(trace.traceparent()) {
+                r.metadata_mut().insert(super::layer::TRACEPARENT_METADATA, v);
+            }
+        }
+        if let Some(c) = caller.filter(|c| c.principal.is_some()) {
+            if let Ok(v) = MetadataValue::try_from(c.identity.as_str()) {
+                r.metadata_mut().insert(super::auth::IDENTITY_METADATA, v);
+            }
         }
         tracing::debug!(leader = ?leader_id, %addr, "forwarding to leader");
         match tokio::time::timeout(left, f(client, r)).await {
@@ -446,10 +479,12 @@ async fn get_saga(
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        authorize(&req, Access::Key(Role::Read, &req.get_ref().key))?;
         self.run(req, get, |mut c, r| async move { c.get(r).await }).await
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        authorize(&req, Access::Key(Role::Write, &req.get_ref().key))?;
         self.run(req, put, |mut c, r| async move { c.put(r).await }).await
     }
 
@@ -457,6 +492,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        authorize(&req, Access::Key(Role::Write, &req.get_ref().key))?;
         self.run(req, delete, |mut c, r| async move { c.delete(r).await }).await
     }
 
@@ -464,10 +500,17 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = req.get_ref();
+        if r.prefix.is_empty() {
+            authorize(&req, Access::Range(Role::Read, &r.start, &r.end))?;
+        } else {
+            authorize(&req, Access::Prefix(Role::Read, &r.prefix))?;
+        }
         self.run(req, range, |mut c, r| async move { c.range(r).await }).await
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        authorize_txn(&req, req.get_ref())?;
         self.run(req, txn, |mut c, r| async move { c.txn(r).await }).await
     }
 
@@ -479,6 +522,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let w = req.get_ref();
+        let scope = if w.key.is_empty() { &w.prefix } else { &w.key };
+        authorize(&req, Access::Prefix(Role::Read, scope))?;
         let stream = super::binlog::watch(self.core.clone(), req.into_inner())?;
         Ok(Response::new(Box::pin(stream)))
     }
@@ -487,6 +533,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::OpenSagaRequest>,
     ) -> Result<Response<pb::OpenSagaResponse>, Status> {
+        authorize(&req, Access::Authenticated)?;
         self.run(req, open_saga, |mut c, r| async move { c.open_saga(r).await }).await
     }
 
@@ -494,6 +541,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::CommitSagaRequest>,
     ) -> Result<Response<pb::CommitSagaResponse>, Status> {
+        authorize(&req, Access::Authenticated)?;
         self.run(req, commit_saga, |mut c, r| async move { c.commit_saga(r).await }).await
     }
 
@@ -501,6 +549,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::AbortSagaRequest>,
     ) -> Result<Response<pb::AbortSagaResponse>, Status> {
+        authorize(&req, Access::Authenticated)?;
         self.run(req, abort_saga, |mut c, r| async move { c.abort_saga(r).await }).await
     }
 
@@ -508,6 +557,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::GetSagaRequest>,
     ) -> Result<Response<pb::GetSagaResponse>, Status> {
+        authorize(&req, Access::Authenticated)?;
         self.run(req, get_saga, |mut c, r| async move { c.get_saga(r).await }).await
     }
 }

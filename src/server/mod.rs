@@ -5,13 +5,17 @@
 //! CLI, tests) own ports and signals. Shutdown stops accepting requests, stops Raft,
 //! and syncs storage before returning.
 
+pub mod auth;
 pub mod binlog;
 pub mod cluster;
 pub mod core;
 pub mod freshness;
 pub mod health;
 pub mod kv;
+pub mod layer;
+pub mod metrics;
 pub mod placement;
+pub mod ratelimit;
 pub mod status;
 pub mod validate;
 
@@ -61,6 +65,9 @@ pub enum StartError {
     /// Bootstrap failed.
     #[error("bootstrap: {0}")]
     Bootstrap(Error),
+    /// TLS material, tokens file or metrics endpoint unusable (operator input).
+    #[error("{0}")]
+    Security(String),
 }
 
 impl StartError {
@@ -69,6 +76,7 @@ impl StartError {
         matches!(
             self,
             StartError::Config(_)
+                | StartError::Security(_)
                 | StartError::Storage(crate::storage::StorageError::IdentityMismatch { .. })
         )
     }
@@ -101,11 +109,14 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
     let reader = sm.reader();
     let dedup_stats = sm.dedup_stats();
     let routes = cfg.routes.iter().filter_map(|r| Some((r.id, r.raft_addr.clone()?))).collect();
+    let tls =
+        crate::tls::NodeTls::load(&cfg.tls).map_err(|e| StartError::Security(e.to_string()))?;
     let network = Network::new(
         cfg.cluster_name.clone(),
         hlc.clone(),
         cfg.raft.snapshot_chunk_bytes as usize,
         routes,
+        tls,
     );
     let rcfg = openraft_config(&cfg).map_err(|e| StartError::Raft(e.to_string()))?;
     let raft = MeridianRaft::new(cfg.id, rcfg, network.clone(), log_store, sm)
@@ -156,6 +167,21 @@ async fn bootstrap(core: &NodeCore) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The request layer of the public API from `[auth]`, `[tls]` and `[limits]`.
+fn api_layer(cfg: &NodeConfig) -> Result<layer::ApiLayer, StartError> {
+    let principals = match &cfg.auth.tokens_file {
+        Some(path) => {
+            Some(auth::Principals::load(path).map_err(|e| StartError::Security(e.to_string()))?)
+        }
+        None => None,
+    };
+    Ok(layer::ApiLayer::new(layer::LayerState {
+        principals,
+        require_client_cert: cfg.tls.require_client_cert,
+        limiter: ratelimit::ClientLimiter::new(&cfg.limits),
+    }))
+}
+
 /// Run a node on the given listeners until `shutdown` resolves.
 pub async fn run_node(
     cfg: NodeConfig,
@@ -164,6 +190,11 @@ pub async fn run_node(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (core, raft, store) = build_core(cfg).await?;
+    let api_layer = api_layer(&core.config)?;
+    if let Some(addr) = core.config.metrics_addr {
+        metrics::install_exporter(addr).map_err(StartError::Security)?;
+    }
+    let tls = core.network.tls().cloned();
     let raft_svc = RaftService::new(
         raft.clone(),
         core.id,
@@ -178,7 +209,14 @@ pub async fn run_node(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let raft_server = tonic::transport::Server::builder()
+    let mut raft_builder = tonic::transport::Server::builder();
+    let mut api_builder = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        let tls_err = |e: tonic::transport::Error| StartError::Security(format!("tls: {e}"));
+        raft_builder = raft_builder.tls_config(t.peer_server()).map_err(tls_err)?;
+        api_builder = api_builder.tls_config(t.api_server()).map_err(tls_err)?;
+    }
+    let raft_server = raft_builder
         .tcp_nodelay(true)
         .add_service(
             pb::raft_server::RaftServer::new(raft_svc)
@@ -212,10 +250,11 @@ pub async fn run_node(
     let reflection_alpha = reflection_builder()
         .build_v1alpha()
         .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
-    let api_server = tonic::transport::Server::builder()
+    let api_server = api_builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .layer(api_layer)
         .add_service(
             pb::kv_server::KvServer::new(kv::KvService::new(core.clone()))
                 .max_decoding_message_size(api_max)
@@ -237,11 +276,20 @@ pub async fn run_node(
     let health_task = tokio::spawn(health::run(core.clone(), health_reporter, stop_rx.clone()));
     let freshness_task = tokio::spawn(freshness::run(core.clone(), stop_rx.clone()));
     let placement_task = tokio::spawn(placement::run(core.clone(), stop_rx.clone()));
+    let metrics_task = tokio::spawn(metrics::run_raft_metrics(
+        raft.clone(),
+        core.id,
+        core.config.region.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!(
         id = core.id,
         region = %core.config.region,
         api = %core.config.api_addr,
         raft = %core.config.raft_addr,
+        tls = tls.is_some(),
+        auth = core.config.auth.tokens_file.is_some(),
+        metrics = ?core.config.metrics_addr,
         "node started"
     );
     bootstrap(&core).await?;
@@ -252,6 +300,7 @@ pub async fn run_node(
     let _ = health_task.await;
     let _ = freshness_task.await;
     let _ = placement_task.await;
+    let _ = metrics_task.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

@@ -174,6 +174,7 @@ fn flusher_loop(
         let started = Instant::now();
         let result = store.sync();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        metrics::histogram!("meridian_log_fsync_duration_seconds").record(micros as f64 / 1e6);
         stats.syncs.fetch_add(1, Relaxed);
         stats.sync_micros.fetch_add(micros, Relaxed);
         stats.appends.fetch_add(batch.len() as u64, Relaxed);
