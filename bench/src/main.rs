@@ -166,6 +166,8 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         "no meridian binary at {}",
         meridian_binary.display()
     );
+    // Nodes run with their data dir as working directory: pass an absolute path.
+    let meridian_binary = std::fs::canonicalize(&meridian_binary)?;
     anyhow::ensure!(
         args.etcd_bin.is_file(),
         "no etcd binary at {} (apt-get install etcd-server)",

@@ -45,7 +45,15 @@ pub fn openraft_config(cfg: &NodeConfig) -> Result<Arc<openraft::Config>, RaftSe
         enable_tick: true,
         enable_heartbeat: true,
         enable_elect: true,
+        broadcast_submitted_on_append: knob("BROADCAST").map(|v| v != 0),
+        heartbeat_min_interval: knob("HB_MIN"),
+        api_batch_linger_ms: knob("LINGER").unwrap_or(0),
         ..Default::default()
     };
     Ok(Arc::new(c.validate()?))
+}
+
+// EXPERIMENT knobs (removed before commit).
+fn knob(name: &str) -> Option<u64> {
+    std::env::var(format!("MERIDIAN_EXP_{name}")).ok().and_then(|v| v.parse().ok())
 }
