@@ -51,7 +51,11 @@ fn compare_writes_table_plots_and_resources_for_both_stores() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "compare failed: {stderr}");
     let md = std::fs::read_to_string(out.path().join("results.md")).expect("results.md");
-    for row in ["| put | 3 | 100 B | 50 | 4 |", "| get-lin | 3 | 100 B | 50 | 4 |", "| put | 3 | 100 B | 200 | 4 |"] {
+    for row in [
+        "| put | 3 | 100 B | 50 | 4 |",
+        "| get-lin | 3 | 100 B | 50 | 4 |",
+        "| put | 3 | 100 B | 200 | 4 |",
+    ] {
         assert!(md.contains(row), "missing {row:?} in:\n{md}");
     }
     assert!(md.contains("| etcd | 3 | 200 |") && md.contains("| meridian | 3 | 200 |"), "{md}");

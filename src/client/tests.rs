@@ -110,6 +110,42 @@ impl Kv for FakeKv {
     async fn txn(&self, _: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type WatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn open_saga(
+        &self,
+        _: Request<pb::OpenSagaRequest>,
+    ) -> Result<Response<pb::OpenSagaResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn commit_saga(
+        &self,
+        _: Request<pb::CommitSagaRequest>,
+    ) -> Result<Response<pb::CommitSagaResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn abort_saga(
+        &self,
+        _: Request<pb::AbortSagaRequest>,
+    ) -> Result<Response<pb::AbortSagaResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_saga(
+        &self,
+        _: Request<pb::GetSagaRequest>,
+    ) -> Result<Response<pb::GetSagaResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn serve(fake: Arc<Fake>) -> String {
