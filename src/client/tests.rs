@@ -115,7 +115,10 @@ impl Kv for FakeKv {
         Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>,
     >;
 
-    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("fake"))
     }
 
