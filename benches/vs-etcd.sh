@@ -35,7 +35,11 @@ if [ "${1:-}" = "--quick" ]; then
         --value-sizes 100 --load-keys 100000 --nodes 3)
 fi
 
-cargo build --release -p meridian -p meridian-bench
+# MERIDIAN_BENCH_NO_BUILD=1 skips the build (any commit reruns the node's build script,
+# which embeds the git commit, so a fresh build can take minutes on a busy machine).
+if [ -z "${MERIDIAN_BENCH_NO_BUILD:-}" ]; then
+  cargo build --release -p meridian -p meridian-bench
+fi
 echo "load average before: $(cat /proc/loadavg)" >&2
 exec target/release/meridian-bench compare --etcd-bin "$(command -v etcd)" \
   --meridian-bin target/release/meridian --out bench-results "${args[@]}" "$@"
