@@ -22,8 +22,15 @@ pub enum WorkloadArg {
     Put,
     /// Reads of preloaded keys.
     Get,
-    /// Read the version, then compare-and-swap (conflicts counted apart).
+    /// Read the version, then compare-and-swap, each task on its own keys.
     Cas,
+    /// Read the version, then compare-and-swap, every task on one key (conflicts
+    /// counted apart).
+    CasHot,
+    /// Transactions: compare 4 preloaded keys' versions, put all 4.
+    Txn,
+    /// 90% reads, 10% writes on preloaded keys.
+    Mixed,
 }
 
 impl From<WorkloadArg> for Workload {
@@ -32,6 +39,9 @@ impl From<WorkloadArg> for Workload {
             WorkloadArg::Put => Workload::Put,
             WorkloadArg::Get => Workload::Get,
             WorkloadArg::Cas => Workload::Cas,
+            WorkloadArg::CasHot => Workload::CasHot,
+            WorkloadArg::Txn => Workload::Txn,
+            WorkloadArg::Mixed => Workload::Mixed,
         }
     }
 }
@@ -73,7 +83,7 @@ pub struct BenchArgs {
     /// Value size, bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// Read consistency (get, and the read half of cas).
+    /// Read consistency (get, mixed, and the read half of cas).
     #[arg(long, value_enum, default_value = "linearizable")]
     pub consistency: ConsistencyArg,
     /// Prefix of every key.
@@ -85,6 +95,9 @@ pub struct BenchArgs {
     /// Overall deadline of each op, retries included (e.g. 2s).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Skip writing every key before get, txn and mixed runs (they are loaded).
+    #[arg(long)]
+    pub no_preload: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +120,7 @@ pub fn run(args: BenchArgs) -> CliResult {
         consistency: args.consistency.into(),
         key_prefix: args.key_prefix,
         seed: args.seed.unwrap_or_else(rand::random),
+        preload: !args.no_preload,
     };
     config.validate().map_err(CliError::bad_input)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,7 +176,7 @@ pub fn render(r: &BenchReport) -> String {
     } else {
         out.push_str("  errors: 0\n");
     }
-    if r.workload == "cas" {
+    if r.workload.starts_with("cas") || r.workload == "txn" {
         out.push_str(&format!("  conflicts: {}\n", r.conflicts));
     }
     let c = &r.client;

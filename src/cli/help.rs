@@ -140,6 +140,7 @@ pub const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "meridian bench put --concurrency 32 --duration 10s",
             "meridian bench cas --keys 10 --json",
+            "meridian bench mixed --consistency serializable --concurrency 64",
         ],
     ),
     (

@@ -1,13 +1,23 @@
-//! The load generator behind `meridian bench`: N tasks share a small pool of
-//! clients and loop over random keys until the deadline or the op budget, recording
-//! latencies in HDR histograms. [`BenchReport`] and [`LatencyRecorder`] are
-//! target-agnostic so a comparison run against another store can reuse them.
+//! The load generator behind `meridian bench` and `meridian-bench` (the side-by-side
+//! comparison with etcd): N tasks share a small pool of clients and loop over keys
+//! until the deadline or the op budget, recording latencies in HDR histograms.
+//!
+//! The loop is generic over [`BenchTarget`], the handful of ops a workload issues, so
+//! every store under test runs exactly the same key sequence, op mix, bounds and
+//! measurement: [`Client`] implements it here, the etcd v3 client in the bench crate
+//! (which keeps etcd-client out of the node's crate).
 //!
 //! Workloads:
-//! - `put`: unconditional writes of `value_size` bytes;
+//! - `put`: unconditional writes of `value_size` bytes on random keys;
 //! - `get`: reads at the chosen consistency, after preloading every key;
-//! - `cas`: read the version, then write only at that version; a lost race is a
-//!   conflict (counted apart; a completed cycle either way). One cycle is one op.
+//! - `cas`: read the version, then write only at that version, each task on its own
+//!   slice of the keys (distinct keys: no conflicts expected). One cycle is one op;
+//! - `cas-hot`: the same cycle, every task on one key: a lost race is a conflict
+//!   (counted apart; a completed cycle either way);
+//! - `txn`: one transaction over [`TXN_KEYS`] consecutive preloaded keys: compare each
+//!   one's version > 0, then put all of them;
+//! - `mixed`: [`MIXED_READ_PERCENT`]% gets at the chosen consistency, the rest puts,
+//!   on preloaded keys.
 //!
 //! Invariants: every task stops at `warmup + duration` or when `max_ops` ops have
 //! started in total (warmup included), whichever comes first, so a run is always
@@ -15,6 +25,7 @@
 //! from `seed` and its index: a run's key sequence is reproducible.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +37,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::error::code_name;
+use super::txn;
 use super::{
-    Client, ClientConfig, ClientError, ClientMetrics, Consistency, PutOptions, ReadOptions,
+    Client, ClientConfig, ClientError, ClientMetrics, CompareOp, Consistency, PutOptions,
+    ReadOptions, Txn,
 };
 
 /// Most concurrent tasks.
@@ -44,6 +57,103 @@ pub const DEFAULT_MAX_OPS: u64 = 10_000_000;
 pub const MAX_RECORDED_LATENCY_US: u64 = 60_000_000;
 /// Significant figures kept by the histograms.
 pub const HISTOGRAM_SIGFIGS: u8 = 3;
+/// Keys written by one op of the `txn` workload.
+pub const TXN_KEYS: u64 = 4;
+/// Share of reads in the `mixed` workload, percent.
+pub const MIXED_READ_PERCENT: u32 = 90;
+/// Quantiles at which a report samples the latency CDF (for plots).
+pub const CDF_QUANTILES: [f64; 21] = [
+    0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998,
+    0.999, 0.9995, 0.9999, 1.0,
+];
+
+/// A failed op, target-agnostic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    /// Upper-case gRPC code name (UNAVAILABLE, DEADLINE_EXCEEDED, ...).
+    pub code: String,
+    /// The error as the target's client reported it.
+    pub message: String,
+}
+
+impl From<ClientError> for OpError {
+    fn from(e: ClientError) -> Self {
+        Self { code: code_name(e.code()).to_string(), message: e.to_string() }
+    }
+}
+
+/// A store under test: the ops the workloads issue. Implementations must bound every
+/// call in time (their client's deadline) so the load loop stays bounded.
+pub trait BenchTarget: Clone + Send + Sync + 'static {
+    /// Write `key` unconditionally.
+    fn put(&self, key: String, value: &[u8]) -> impl Future<Output = Result<(), OpError>> + Send;
+    /// Read `key` at `consistency` (linearizable or serializable).
+    fn get(
+        &self,
+        key: String,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<(), OpError>> + Send;
+    /// Read `key`'s version at `consistency`, then write it only at that version.
+    /// Ok(false): the version moved in between (a conflict).
+    fn cas(
+        &self,
+        key: String,
+        value: &[u8],
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<bool, OpError>> + Send;
+    /// One transaction: if every key's version is > 0, put `value` to all of them.
+    /// Ok(false): a compare failed (nothing written).
+    fn txn(
+        &self,
+        keys: Vec<String>,
+        value: &[u8],
+    ) -> impl Future<Output = Result<bool, OpError>> + Send;
+    /// Client-side counters (retries, redirects), if the target keeps any.
+    fn metrics(&self) -> ClientMetrics {
+        ClientMetrics::default()
+    }
+}
+
+impl BenchTarget for Client {
+    async fn put(&self, key: String, value: &[u8]) -> Result<(), OpError> {
+        Client::put(self, key, value).await?;
+        Ok(())
+    }
+
+    async fn get(&self, key: String, consistency: Consistency) -> Result<(), OpError> {
+        Client::get(self, key, read_options(consistency)).await?;
+        Ok(())
+    }
+
+    async fn cas(
+        &self,
+        key: String,
+        value: &[u8],
+        consistency: Consistency,
+    ) -> Result<bool, OpError> {
+        let current = Client::get(self, key.clone(), read_options(consistency))
+            .await?
+            .record
+            .map_or(0, |r| r.version);
+        let options = PutOptions { expected_version: Some(current), ..PutOptions::default() };
+        Ok(self.put_with(key, value, options).await?.succeeded)
+    }
+
+    async fn txn(&self, keys: Vec<String>, value: &[u8]) -> Result<bool, OpError> {
+        let mut txn = Txn::new();
+        for key in &keys {
+            txn = txn.when(txn::version(key.as_bytes(), CompareOp::Greater, 0));
+        }
+        for key in keys {
+            txn = txn.then(txn::put(key, value));
+        }
+        Ok(Client::txn(self, txn).await?.succeeded)
+    }
+
+    fn metrics(&self) -> ClientMetrics {
+        Client::metrics(self)
+    }
+}
 
 /// What the tasks do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,8 +163,14 @@ pub enum Workload {
     Put,
     /// Reads of preloaded keys.
     Get,
-    /// Read-version-then-CAS cycles.
+    /// Read-version-then-CAS cycles, each task on its own keys.
     Cas,
+    /// Read-version-then-CAS cycles, every task on one key.
+    CasHot,
+    /// Transactions over [`TXN_KEYS`] preloaded keys.
+    Txn,
+    /// [`MIXED_READ_PERCENT`]% gets, the rest puts, on preloaded keys.
+    Mixed,
 }
 
 impl Workload {
@@ -64,7 +180,31 @@ impl Workload {
             Workload::Put => "put",
             Workload::Get => "get",
             Workload::Cas => "cas",
+            Workload::CasHot => "cas-hot",
+            Workload::Txn => "txn",
+            Workload::Mixed => "mixed",
         }
+    }
+
+    /// Every workload, in report order.
+    pub const ALL: [Workload; 6] = [
+        Workload::Put,
+        Workload::Get,
+        Workload::Cas,
+        Workload::CasHot,
+        Workload::Txn,
+        Workload::Mixed,
+    ];
+
+    /// The workload named `name` (as [`Workload::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.as_str() == name)
+    }
+
+    /// Whether every key is written once before the run (the workload reads or
+    /// compares existing keys).
+    pub fn needs_preload(self) -> bool {
+        matches!(self, Workload::Get | Workload::Txn | Workload::Mixed)
     }
 }
 
@@ -95,6 +235,9 @@ pub struct BenchConfig {
     pub key_prefix: String,
     /// Seed of the tasks' RNGs.
     pub seed: u64,
+    /// Write every key before a workload that needs them ([`Workload::needs_preload`]);
+    /// off when the caller already loaded them.
+    pub preload: bool,
 }
 
 impl Default for BenchConfig {
@@ -112,6 +255,7 @@ impl Default for BenchConfig {
             consistency: Consistency::Linearizable,
             key_prefix: "bench/".into(),
             seed: 0,
+            preload: true,
         }
     }
 }
@@ -129,6 +273,9 @@ impl BenchConfig {
         if self.keys == 0 || self.keys > MAX_KEYS {
             return bad(format!("keys must be 1..={MAX_KEYS}"));
         }
+        if self.workload == Workload::Txn && self.keys < TXN_KEYS {
+            return bad(format!("the txn workload needs at least {TXN_KEYS} keys"));
+        }
         if self.value_size > MAX_VALUE_BYTES {
             return bad(format!("value size must be <= {MAX_VALUE_BYTES} bytes"));
         }
@@ -143,7 +290,7 @@ impl BenchConfig {
 }
 
 /// Latency percentiles of successful ops, ms.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     /// Ops recorded.
     pub count: u64,
@@ -159,6 +306,15 @@ pub struct LatencySummary {
     pub p999: f64,
     /// Maximum.
     pub max: f64,
+}
+
+/// One point of a latency CDF.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct CdfPoint {
+    /// Quantile, 0..=1.
+    pub quantile: f64,
+    /// Latency at that quantile, ms.
+    pub ms: f64,
 }
 
 /// Outcomes of measured ops: a latency histogram, error counts by code, conflicts.
@@ -247,6 +403,20 @@ impl LatencyRecorder {
             max: ms(h.max()),
         }
     }
+
+    /// The latency CDF sampled at [`CDF_QUANTILES`] (empty when nothing was recorded).
+    pub fn cdf(&self) -> Vec<CdfPoint> {
+        if self.histogram.is_empty() {
+            return Vec::new();
+        }
+        CDF_QUANTILES
+            .iter()
+            .map(|&q| CdfPoint {
+                quantile: q,
+                ms: self.histogram.value_at_quantile(q) as f64 / 1_000.0,
+            })
+            .collect()
+    }
 }
 
 /// Why a run stopped.
@@ -262,7 +432,7 @@ pub enum StopReason {
 /// The machine-readable result of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// System under test ("meridian").
+    /// System under test ("meridian", "etcd").
     pub target: String,
     /// Workload name.
     pub workload: String,
@@ -298,6 +468,8 @@ pub struct BenchReport {
     pub conflicts: u64,
     /// Latency of completed measured ops.
     pub latency_ms: LatencySummary,
+    /// Their CDF, sampled at [`CDF_QUANTILES`].
+    pub latency_cdf: Vec<CdfPoint>,
     /// Why the run stopped.
     pub stopped_by: StopReason,
     /// Client counters summed over the pool (retries, redirects, breaker opens).
@@ -315,7 +487,7 @@ struct Shared {
 enum Outcome {
     Ok,
     Conflict,
-    Error(ClientError),
+    Error(OpError),
 }
 
 fn key_of(config: &BenchConfig, index: u64) -> String {
@@ -326,41 +498,72 @@ fn read_options(consistency: Consistency) -> ReadOptions {
     ReadOptions { consistency, ..ReadOptions::default() }
 }
 
-async fn one_op(shared: &Shared, client: &Client, key: String) -> Outcome {
-    let error = Outcome::Error;
-    match shared.config.workload {
-        Workload::Put => match client.put(key, shared.value.clone()).await {
-            Ok(_) => Outcome::Ok,
-            Err(e) => error(e),
-        },
-        Workload::Get => match client.get(key, read_options(shared.config.consistency)).await {
-            Ok(_) => Outcome::Ok,
-            Err(e) => error(e),
-        },
+/// The key index task `task` of `concurrency` uses next for `workload`.
+fn next_key(
+    workload: Workload,
+    keys: u64,
+    task: usize,
+    concurrency: usize,
+    rng: &mut StdRng,
+) -> u64 {
+    match workload {
+        // Each task its own residue class of the keys (the task index itself when
+        // there are fewer keys than tasks): no two tasks race on a key.
         Workload::Cas => {
-            let current =
-                match client.get(key.clone(), read_options(shared.config.consistency)).await {
-                    Ok(r) => r.record.map_or(0, |r| r.version),
-                    Err(e) => return error(e),
-                };
-            let options = PutOptions { expected_version: Some(current), ..PutOptions::default() };
-            match client.put_with(key, shared.value.clone(), options).await {
-                Ok(r) if r.succeeded => Outcome::Ok,
-                Ok(_) => Outcome::Conflict,
-                Err(e) => error(e),
+            let (task, stride) = (task as u64, concurrency as u64);
+            if keys <= task {
+                return task;
+            }
+            task + stride * rng.gen_range(0..(keys - task).div_ceil(stride))
+        }
+        Workload::CasHot => 0,
+        Workload::Txn => rng.gen_range(0..=keys - TXN_KEYS),
+        Workload::Put | Workload::Get | Workload::Mixed => rng.gen_range(0..keys),
+    }
+}
+
+async fn one_op<T: BenchTarget>(
+    shared: &Shared,
+    target: &T,
+    index: u64,
+    rng: &mut StdRng,
+) -> Outcome {
+    let config = &shared.config;
+    let key = key_of(config, index);
+    let value = shared.value.as_slice();
+    let done = |r: Result<bool, OpError>| match r {
+        Ok(true) => Outcome::Ok,
+        Ok(false) => Outcome::Conflict,
+        Err(e) => Outcome::Error(e),
+    };
+    match config.workload {
+        Workload::Put => done(target.put(key, value).await.map(|()| true)),
+        Workload::Get => done(target.get(key, config.consistency).await.map(|()| true)),
+        Workload::Cas | Workload::CasHot => done(target.cas(key, value, config.consistency).await),
+        Workload::Txn => {
+            let keys = (index..index + TXN_KEYS).map(|i| key_of(config, i)).collect();
+            done(target.txn(keys, value).await)
+        }
+        Workload::Mixed => {
+            if rng.gen_range(0..100) < MIXED_READ_PERCENT {
+                done(target.get(key, config.consistency).await.map(|()| true))
+            } else {
+                done(target.put(key, value).await.map(|()| true))
             }
         }
     }
 }
 
-async fn worker(
+async fn worker<T: BenchTarget>(
     shared: Arc<Shared>,
-    client: Client,
+    target: T,
     index: usize,
 ) -> (LatencyRecorder, StopReason) {
     let mut rng =
         StdRng::seed_from_u64(shared.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9));
     let mut recorder = LatencyRecorder::new();
+    let (workload, keys, concurrency) =
+        (shared.config.workload, shared.config.keys, shared.config.concurrency);
     loop {
         if Instant::now() >= shared.deadline {
             return (recorder, StopReason::Duration);
@@ -368,31 +571,42 @@ async fn worker(
         if shared.started_ops.fetch_add(1, Ordering::Relaxed) >= shared.config.max_ops {
             return (recorder, StopReason::MaxOps);
         }
-        let key = key_of(&shared.config, rng.gen_range(0..shared.config.keys));
+        let key = next_key(workload, keys, index, concurrency, &mut rng);
         let started = Instant::now();
-        let outcome = one_op(&shared, &client, key).await;
+        let outcome = one_op(&shared, &target, key, &mut rng).await;
         if started < shared.measure_from {
             continue;
         }
         match outcome {
             Outcome::Ok => recorder.record_ok(started.elapsed()),
             Outcome::Conflict => recorder.record_conflict(started.elapsed()),
-            Outcome::Error(e) => recorder.record_error(code_name(e.code()), &e.to_string()),
+            Outcome::Error(e) => recorder.record_error(&e.code, &e.message),
         }
     }
 }
 
-/// Write every key once (for the get workload), spread over `concurrency` tasks.
-async fn preload(config: &BenchConfig, pool: &[Client], value: &[u8]) -> Result<(), ClientError> {
+/// Write keys `0..keys` once (values of `value_size` bytes), spread over `concurrency`
+/// tasks sharing `pool` round-robin. The bench preloads before read, txn and mixed
+/// runs; the comparison also uses it to load N keys before measuring resource use.
+pub async fn preload<T: BenchTarget>(
+    config: &BenchConfig,
+    pool: &[T],
+    value: &[u8],
+) -> Result<(), ClientError> {
+    if pool.is_empty() {
+        return Err(ClientError::Config("preload needs at least one client".into()));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     let stride = config.concurrency as u64;
     for task in 0..stride.min(config.keys) {
-        let client = pool[task as usize % pool.len()].clone();
+        let target = pool[task as usize % pool.len()].clone();
         let (config, value) = (config.clone(), value.to_vec());
         tasks.spawn(async move {
             let mut index = task;
             while index < config.keys {
-                client.put(key_of(&config, index), value.clone()).await?;
+                target.put(key_of(&config, index), &value).await.map_err(|e| {
+                    ClientError::Config(format!("preload put failed: {}: {}", e.code, e.message))
+                })?;
                 index += stride;
             }
             Ok::<(), ClientError>(())
@@ -402,6 +616,12 @@ async fn preload(config: &BenchConfig, pool: &[Client], value: &[u8]) -> Result<
         joined.map_err(|e| ClientError::Config(format!("preload task failed: {e}")))??;
     }
     Ok(())
+}
+
+/// The value every op writes: `value_size` alphanumeric bytes from the config's seed.
+pub fn bench_value(config: &BenchConfig) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    (0..config.value_size).map(|_| rng.sample(rand::distributions::Alphanumeric)).collect()
 }
 
 /// Run a benchmark against a Meridian cluster and report. Errors only for a bad
@@ -415,11 +635,25 @@ pub async fn run_bench(config: BenchConfig) -> Result<BenchReport, ClientError> 
             Client::connect(c)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let value: Vec<u8> =
-        (0..config.value_size).map(|_| rng.sample(rand::distributions::Alphanumeric)).collect();
-    if config.workload == Workload::Get {
-        preload(&config, &pool, &value).await?;
+    run_load(&config, "meridian", &pool).await
+}
+
+/// Run `config`'s workload against any target: `pool` holds its clients (shared
+/// round-robin by the tasks), `target` names it in the report. `config.client` only
+/// supplies the endpoints shown in the report. Errors only for a bad config or a
+/// failed preload; op failures are counted in the report.
+pub async fn run_load<T: BenchTarget>(
+    config: &BenchConfig,
+    target: &str,
+    pool: &[T],
+) -> Result<BenchReport, ClientError> {
+    config.validate()?;
+    if pool.is_empty() {
+        return Err(ClientError::Config("a bench needs at least one client".into()));
+    }
+    let value = bench_value(config);
+    if config.preload && config.workload.needs_preload() {
+        preload(config, pool, &value).await?;
     }
     let measure_from = Instant::now() + config.warmup;
     let shared = Arc::new(Shared {
@@ -444,19 +678,21 @@ pub async fn run_bench(config: BenchConfig) -> Result<BenchReport, ClientError> 
         }
     }
     let elapsed = Instant::now().saturating_duration_since(measure_from);
-    Ok(report(&config, &pool, &total, elapsed, stopped_by))
+    let mut report = report(config, pool, &total, elapsed, stopped_by);
+    report.target = target.to_string();
+    Ok(report)
 }
 
-fn report(
+fn report<T: BenchTarget>(
     config: &BenchConfig,
-    pool: &[Client],
+    pool: &[T],
     total: &LatencyRecorder,
     elapsed: Duration,
     stopped_by: StopReason,
 ) -> BenchReport {
     let elapsed_s = elapsed.as_secs_f64();
-    let client =
-        pool.iter().map(Client::metrics).fold(ClientMetrics::default(), |a, m| ClientMetrics {
+    let client = pool.iter().map(BenchTarget::metrics).fold(ClientMetrics::default(), |a, m| {
+        ClientMetrics {
             calls: a.calls + m.calls,
             attempts: a.attempts + m.attempts,
             retries: a.retries + m.retries,
@@ -466,7 +702,8 @@ fn report(
             failed_calls: a.failed_calls + m.failed_calls,
             indeterminate_calls: a.indeterminate_calls + m.indeterminate_calls,
             rate_limited: a.rate_limited + m.rate_limited,
-        });
+        }
+    });
     BenchReport {
         target: "meridian".into(),
         workload: config.workload.as_str().into(),
@@ -486,6 +723,7 @@ fn report(
         error_samples: total.error_samples.clone(),
         conflicts: total.conflicts,
         latency_ms: total.summary(),
+        latency_cdf: total.cdf(),
         stopped_by,
         client,
     }

@@ -1,0 +1,114 @@
+//! Resource and machine facts read from Linux: a process's RSS (`/proc/<pid>/status`),
+//! a directory's disk usage (allocated blocks, like `du`), the load average, the time.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Most directory entries [`disk_usage_mib`] visits (a bound on the walk).
+pub const MAX_WALK_ENTRIES: usize = 1_000_000;
+/// Bytes per MiB.
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Resident set size of `pid`, MiB.
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    parse_vm_rss_kib(&status)
+        .map(|kib| kib as f64 / 1024.0)
+        .with_context(|| format!("no VmRSS line in /proc/{pid}/status"))
+}
+
+fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Disk space allocated to the files under `dir` (st_blocks, as `du` counts), MiB.
+pub fn disk_usage_mib(dir: &Path) -> anyhow::Result<f64> {
+    let mut stack = vec![dir.to_path_buf()];
+    let (mut bytes, mut visited) = (0u64, 0usize);
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            visited += 1;
+            anyhow::ensure!(
+                visited <= MAX_WALK_ENTRIES,
+                "more than {MAX_WALK_ENTRIES} files under {}",
+                dir.display()
+            );
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                bytes += meta.blocks() * 512;
+            }
+        }
+    }
+    Ok(bytes as f64 / MIB)
+}
+
+/// `/proc/loadavg` (empty if unreadable).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+}
+
+/// The first line of `etcd --version`.
+pub fn etcd_version(binary: &Path) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .unwrap_or_else(|| "etcd (version unknown)".to_string())
+}
+
+/// Now, UTC, RFC 3339 to the second.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_of_this_process_is_positive() {
+        assert!(rss_mib(std::process::id()).expect("rss") > 0.0);
+        assert_eq!(parse_vm_rss_kib("Name: x\nVmRSS:\t  2048 kB\n"), Some(2048));
+    }
+
+    #[test]
+    fn disk_usage_counts_nested_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("a")).expect("mkdir");
+        std::fs::write(dir.path().join("a/f"), vec![1u8; 1024 * 1024]).expect("write");
+        let mib = disk_usage_mib(dir.path()).expect("du");
+        assert!((1.0..1.1).contains(&mib), "{mib}");
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_516), (2026, 3, 4));
+    }
+}

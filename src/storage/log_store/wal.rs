@@ -1,0 +1,481 @@
+//! The Raft log's entries in append-only segment files (`<data>/raft-log/*.wal`).
+//!
+//! Why not sled: making a sled write durable takes `Db::flush`, which writes every
+//! dirty buffer of every tree (the state machine's too) with one `sync_file_range` per
+//! buffer: ~10 ms per flush under load (profiled, see docs/PERFORMANCE.md). An append
+//! here is one `write` of all the batch's records; durability is one `fdatasync` of the
+//! current segment, shared by every append that came before it (group commit).
+//!
+//! Record: `len: u32 LE | xxh3-64(payload): u64 LE | payload` (postcard `Entry`).
+//! Segment files are named by the first index written to them (`{index:020}.wal`);
+//! indexes only grow within and across segments (a truncation cuts the tail and
+//! deletes later segments before anything is appended again).
+//!
+//! Invariants:
+//! - `positions` holds one position per live index, contiguous from `first_index`.
+//! - A segment is rotated only after `sync_data` of the old one and an fsync of the
+//!   directory for the new one: syncing the current segment makes every appended
+//!   record durable.
+//! - Recovery accepts a torn record only at the end of the last segment (a crash
+//!   mid-write of an append that was never acknowledged) and cuts it off; a bad record
+//!   anywhere else is corruption and refuses to open.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::super::types::{Entry, LogId};
+use super::super::{decode, StorageError};
+
+/// Segment size at which the next append starts a new segment, bytes.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest record accepted (an entry holds at most a few MiB of values), bytes.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+/// Record header: length and checksum, bytes.
+const HEADER_BYTES: usize = 12;
+/// Segment file name suffix.
+const SUFFIX: &str = ".wal";
+
+/// Where one live entry is.
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    log_id: LogId,
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+#[derive(Debug)]
+struct Segment {
+    file: Arc<File>,
+    path: PathBuf,
+    len: u64,
+}
+
+/// The segment files and the index of live entries.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    positions: VecDeque<Pos>,
+    /// The segment appends go to; the flusher syncs it (shared handle).
+    current: Arc<Mutex<Option<Arc<File>>>>,
+    /// Rotation threshold, bytes ([`SEGMENT_BYTES`]; smaller in tests).
+    segment_bytes: u64,
+}
+
+fn io(context: impl std::fmt::Display, e: std::io::Error) -> StorageError {
+    StorageError::Io(std::io::Error::new(e.kind(), format!("{context}: {e}")))
+}
+
+fn corrupt(message: String) -> StorageError {
+    StorageError::Corrupt(message)
+}
+
+/// fsync a directory so a created, renamed or deleted file in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(format!("fsync {}", dir.display()), e))
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}{SUFFIX}"))
+}
+
+/// Encode one record (header and payload) onto `out`.
+pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
+    if payload.len() > MAX_RECORD_BYTES {
+        return Err(corrupt(format!(
+            "log entry of {} bytes exceeds {MAX_RECORD_BYTES}",
+            payload.len()
+        )));
+    }
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&xxh3_64(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Records of one segment: (offset, payload length, entry); the offset where valid data
+/// ends; whether a bad or torn record follows it.
+type Scan = (Vec<(u64, u32, Entry)>, u64, bool);
+
+fn scan(path: &Path) -> Result<Scan, StorageError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| io(format!("read {}", path.display()), e))?;
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some(header) = bytes.get(at..at + HEADER_BYTES) else {
+            return Ok((records, at as u64, true));
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let sum =
+            u64::from_le_bytes(header[4..12].try_into().map_err(|_| corrupt("header".into()))?);
+        let start = at + HEADER_BYTES;
+        let Some(payload) = bytes.get(start..start + len) else {
+            return Ok((records, at as u64, true));
+        };
+        if len > MAX_RECORD_BYTES || xxh3_64(payload) != sum {
+            return Ok((records, at as u64, true));
+        }
+        let entry: Entry = decode(payload)?;
+        records.push((start as u64, len as u32, entry));
+        at = start + len;
+    }
+    Ok((records, at as u64, false))
+}
+
+impl Wal {
+    /// Open (or create) the log in `dir`, dropping entries at or below `purged`.
+    pub fn open(dir: &Path, purged: Option<u64>) -> Result<Self, StorageError> {
+        Self::open_with(dir, purged, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`] with a rotation threshold of `segment_bytes`.
+    pub fn open_with(
+        dir: &Path,
+        purged: Option<u64>,
+        segment_bytes: u64,
+    ) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(format!("create {}", dir.display()), e))?;
+        let mut firsts = Vec::new();
+        for item in std::fs::read_dir(dir).map_err(|e| io(format!("list {}", dir.display()), e))? {
+            let name = item.map_err(|e| io("list", e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(first) = name.strip_suffix(SUFFIX).and_then(|n| n.parse::<u64>().ok()) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            positions: VecDeque::new(),
+            current: Arc::new(Mutex::new(None)),
+            segment_bytes,
+        };
+        let last = firsts.last().copied();
+        for first in firsts {
+            let path = segment_path(dir, first);
+            let (records, valid_len, torn) = scan(&path)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(format!("open {}", path.display()), e))?;
+            if torn {
+                if Some(first) != last {
+                    return Err(corrupt(format!(
+                        "bad record at byte {valid_len} of {}",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(path = %path.display(), valid_len, "cutting a torn record off the log's end");
+                file.set_len(valid_len).map_err(|e| io("truncate torn tail", e))?;
+                file.sync_data().map_err(|e| io("sync", e))?;
+            }
+            for (offset, len, entry) in records {
+                let index = entry.log_id.index;
+                if purged.is_some_and(|p| index <= p) {
+                    continue;
+                }
+                if let Some(prev) = wal.positions.back() {
+                    if index != prev.log_id.index + 1 {
+                        return Err(corrupt(format!(
+                            "log gap in {}: {} follows {}",
+                            path.display(),
+                            index,
+                            prev.log_id.index
+                        )));
+                    }
+                }
+                wal.positions.push_back(Pos { log_id: entry.log_id, segment: first, offset, len });
+            }
+            wal.segments.insert(first, Segment { file: Arc::new(file), path, len: valid_len });
+        }
+        wal.set_current();
+        Ok(wal)
+    }
+
+    fn set_current(&self) {
+        let file = self.segments.values().next_back().map(|s| s.file.clone());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = file;
+    }
+
+    /// The handle through which the flusher syncs the current segment.
+    pub fn current(&self) -> Arc<Mutex<Option<Arc<File>>>> {
+        self.current.clone()
+    }
+
+    /// True when no live entry is left.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// The last live entry's log id.
+    pub fn last(&self) -> Option<LogId> {
+        self.positions.back().map(|p| p.log_id)
+    }
+
+    /// Append encoded entries `(log id, postcard payload)` with one write; not synced.
+    pub fn append(&mut self, entries: Vec<(LogId, Vec<u8>)>) -> Result<(), StorageError> {
+        let Some(first) = entries.first().map(|e| e.0.index) else { return Ok(()) };
+        if let Some(prev) = self.positions.back() {
+            if first != prev.log_id.index + 1 {
+                return Err(corrupt(format!("append of {first} after {}", prev.log_id.index)));
+            }
+        }
+        let rotate = self.segments.values().next_back().is_none_or(|s| s.len >= self.segment_bytes);
+        if rotate {
+            self.rotate(first)?;
+        }
+        let (&segment, seg) =
+            self.segments.iter_mut().next_back().ok_or_else(|| corrupt("no segment".into()))?;
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.1.len() + HEADER_BYTES).sum());
+        let mut new = Vec::with_capacity(entries.len());
+        for (i, (log_id, payload)) in entries.iter().enumerate() {
+            if log_id.index != first + i as u64 {
+                return Err(corrupt(format!("append batch not contiguous at {}", log_id.index)));
+            }
+            let offset = seg.len + (buf.len() + HEADER_BYTES) as u64;
+            encode_record(payload, &mut buf)?;
+            new.push(Pos { log_id: *log_id, segment, offset, len: payload.len() as u32 });
+        }
+        seg.file
+            .write_all_at(&buf, seg.len)
+            .map_err(|e| io(format!("write {}", seg.path.display()), e))?;
+        seg.len += buf.len() as u64;
+        self.positions.extend(new);
+        Ok(())
+    }
+
+    /// Close the current segment (synced) and start one named `first`.
+    fn rotate(&mut self, first: u64) -> Result<(), StorageError> {
+        if let Some(seg) = self.segments.values().next_back() {
+            seg.file.sync_data().map_err(|e| io(format!("sync {}", seg.path.display()), e))?;
+        }
+        let path = segment_path(&self.dir, first);
+        if self.segments.contains_key(&first) {
+            return Err(corrupt(format!("segment {} exists", path.display())));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io(format!("create {}", path.display()), e))?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(first, Segment { file: Arc::new(file), path, len: 0 });
+        self.set_current();
+        Ok(())
+    }
+
+    /// Live entries with index in `start..end` (end exclusive; `None`: to the end).
+    pub fn read(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        let Some(first) = self.positions.front().map(|p| p.log_id.index) else {
+            return Ok(Vec::new());
+        };
+        let from = start.saturating_sub(first) as usize;
+        let to = match end {
+            Some(e) => (e.saturating_sub(first) as usize).min(self.positions.len()),
+            None => self.positions.len(),
+        };
+        let mut out = Vec::with_capacity(to.saturating_sub(from));
+        for pos in self.positions.range(from.min(to)..to) {
+            let seg = self
+                .segments
+                .get(&pos.segment)
+                .ok_or_else(|| corrupt(format!("segment {} missing", pos.segment)))?;
+            let mut buf = vec![0u8; pos.len as usize];
+            seg.file
+                .read_exact_at(&mut buf, pos.offset)
+                .map_err(|e| io(format!("read {}", seg.path.display()), e))?;
+            let entry: Entry = decode(&buf)?;
+            if entry.log_id != pos.log_id {
+                return Err(corrupt(format!("log position {} holds {}", pos.log_id, entry.log_id)));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Remove every entry after `index` (all of them for `None`), durably.
+    pub fn truncate_after(&mut self, index: Option<u64>) -> Result<(), StorageError> {
+        let keep = match (index, self.positions.front()) {
+            (_, None) => return Ok(()),
+            (None, Some(_)) => 0,
+            (Some(i), Some(f)) => (i + 1).saturating_sub(f.log_id.index) as usize,
+        };
+        let Some(cut) = self.positions.get(keep).copied() else { return Ok(()) };
+        self.positions.truncate(keep);
+        let later: Vec<u64> = self.segments.range(cut.segment + 1..).map(|(k, _)| *k).collect();
+        for first in later {
+            if let Some(seg) = self.segments.remove(&first) {
+                std::fs::remove_file(&seg.path)
+                    .map_err(|e| io(format!("remove {}", seg.path.display()), e))?;
+            }
+        }
+        let seg = self
+            .segments
+            .get_mut(&cut.segment)
+            .ok_or_else(|| corrupt("cut segment missing".into()))?;
+        let at = cut.offset - HEADER_BYTES as u64;
+        seg.file.set_len(at).map_err(|e| io(format!("truncate {}", seg.path.display()), e))?;
+        seg.file.sync_data().map_err(|e| io("sync", e))?;
+        seg.len = at;
+        sync_dir(&self.dir)?;
+        self.set_current();
+        Ok(())
+    }
+
+    /// Forget entries at or below `index` and delete segments holding only those (the
+    /// caller has made the purge point durable first).
+    pub fn purge(&mut self, index: u64) -> Result<(), StorageError> {
+        while self.positions.front().is_some_and(|p| p.log_id.index <= index) {
+            self.positions.pop_front();
+        }
+        // A segment is entirely at or below `index` when the next one starts at or
+        // below `index + 1`. The last segment is kept (appends go there).
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        let mut removed = false;
+        for pair in firsts.windows(2) {
+            if pair[1] <= index + 1 {
+                if let Some(seg) = self.segments.remove(&pair[0]) {
+                    std::fs::remove_file(&seg.path)
+                        .map_err(|e| io(format!("remove {}", seg.path.display()), e))?;
+                    removed = true;
+                }
+            }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Make every appended record durable now.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        match self.segments.values().next_back() {
+            Some(seg) => seg.file.sync_data().map_err(|e| io("sync", e)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::storage::encode;
+
+    fn record(index: u64) -> (LogId, Vec<u8>) {
+        let log_id = LogId::new(LeaderId { term: 1, node_id: 1 }, index);
+        (log_id, encode(&Entry { log_id, payload: EntryPayload::Blank }).expect("encode"))
+    }
+
+    fn indexes(wal: &Wal, start: u64, end: Option<u64>) -> Vec<u64> {
+        wal.read(start, end).expect("read").iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn appends_survive_reopen_across_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open_with(dir.path(), None, 100).expect("open");
+        for i in 1..=20 {
+            wal.append(vec![record(i)]).expect("append");
+        }
+        assert!(wal.segments.len() >= 3, "small segments rotate: {}", wal.segments.len());
+        wal.sync().expect("sync");
+        drop(wal);
+        let wal = Wal::open_with(dir.path(), None, 100).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), (1..=20).collect::<Vec<_>>());
+        assert_eq!(indexes(&wal, 5, Some(8)), vec![5, 6, 7]);
+        assert_eq!(wal.last().map(|l| l.index), Some(20));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appends_continue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path(), None).expect("open");
+        wal.append(vec![record(1), record(2), record(3)]).expect("append");
+        let path = wal.segments.values().next().expect("segment").path.clone();
+        drop(wal);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let full = bytes.len();
+        let (_, mut partial) = record(4);
+        let mut rec = Vec::new();
+        encode_record(&partial, &mut rec).expect("encode");
+        rec.truncate(rec.len() - 2);
+        partial.clear();
+        bytes.extend_from_slice(&rec);
+        std::fs::write(&path, &bytes).expect("write torn record");
+        let mut wal = Wal::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), vec![1, 2, 3]);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), full as u64);
+        wal.append(vec![record(4)]).expect("append after cut");
+        drop(wal);
+        let wal = Wal::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_bad_record_before_the_last_segment_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open_with(dir.path(), None, 50).expect("open");
+        for i in 1..=6 {
+            wal.append(vec![record(i)]).expect("append");
+        }
+        let first = wal.segments.values().next().expect("segment").path.clone();
+        drop(wal);
+        let mut bytes = std::fs::read(&first).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+        std::fs::write(&first, &bytes).expect("write");
+        let err = Wal::open_with(dir.path(), None, 50).expect_err("corrupt");
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn truncate_and_purge_cut_files_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open_with(dir.path(), None, 100).expect("open");
+        for i in 1..=30 {
+            wal.append(vec![record(i)]).expect("append");
+        }
+        wal.truncate_after(Some(17)).expect("truncate");
+        assert_eq!(wal.last().map(|l| l.index), Some(17));
+        wal.append(vec![record(18), record(19)]).expect("append after truncate");
+        let segments = wal.segments.len();
+        wal.purge(10).expect("purge");
+        assert!(wal.segments.len() < segments, "whole purged segments are deleted");
+        assert_eq!(indexes(&wal, 0, None), (11..=19).collect::<Vec<_>>());
+        drop(wal);
+        let mut wal = Wal::open_with(dir.path(), Some(10), 100).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), (11..=19).collect::<Vec<_>>());
+        wal.truncate_after(None).expect("truncate all");
+        assert!(wal.is_empty());
+        drop(wal);
+        let wal = Wal::open_with(dir.path(), Some(10), 100).expect("reopen");
+        assert!(wal.is_empty(), "{:?}", indexes(&wal, 0, None));
+    }
+
+    #[test]
+    fn out_of_order_appends_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path(), None).expect("open");
+        wal.append(vec![record(1)]).expect("append");
+        assert!(wal.append(vec![record(3)]).is_err());
+        assert!(wal.append(vec![record(2), record(4)]).is_err());
+    }
+}
