@@ -98,7 +98,8 @@ impl Client {
             Duration::from_millis(retry_cfg.max_backoff_ms),
             self.next_jitter_seed(),
         );
-        if spec.route == Route::Nearest && inner.endpoints.probe_due(started) {
+        let regional = inner.config.region.is_some();
+        if spec.route == Route::Nearest && regional && inner.endpoints.probe_due(started) {
             let probe_budget = budget.min(crate::client::PROBE_TIMEOUT);
             let _ = tokio::time::timeout(probe_budget, self.probe()).await;
         }

@@ -12,8 +12,9 @@
 //! Region-aware routing: a probe (Cluster.Status on every endpoint, see
 //! [`Client::probe`](super::Client::probe)) tags each endpoint with the node behind
 //! it (id, region, advertised API address) and its round-trip time. Reads that may be
-//! served by any replica ([`Route::Nearest`]) go to the endpoints of the client's own
-//! region first, then by round-trip time; a leader hint naming a node's advertised
+//! served by any replica ([`Route::Nearest`]) go round-robin over the endpoints of the
+//! client's own region (over all endpoints when the client has no region), then to
+//! other regions by round-trip time; a leader hint naming a node's advertised
 //! address is mapped to the endpoint that reaches that node, so a client that reaches
 //! nodes through other addresses (proxies, NAT) keeps using its own.
 
@@ -247,17 +248,22 @@ impl EndpointSet {
         *self.probed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(now);
     }
 
-    /// Endpoints nearest first: the client's region, then by probed round-trip time;
-    /// unprobed endpoints last, in `start`-rotated order (round-robin among them).
+    /// Endpoints nearest first. Without a client region: every endpoint in
+    /// `start`-rotated order (round-robin, so reads spread over the replicas). With one:
+    /// the endpoints of that region (round-robin among them), then the others by probed
+    /// round-trip time, unprobed ones last.
     fn nearest(&self, start: usize) -> Vec<Arc<EndpointState>> {
         let all = self.all();
         let n = all.len().max(1);
         let mut order: Vec<(usize, Arc<EndpointState>)> =
             all.into_iter().enumerate().map(|(i, e)| ((i + n - start % n) % n, e)).collect();
-        let region = self.config.region.as_deref();
+        let Some(region) = self.config.region.as_deref() else {
+            order.sort_by_key(|(rotated, _)| *rotated);
+            return order.into_iter().map(|(_, e)| e).collect();
+        };
         order.sort_by_key(|(rotated, e)| {
-            let same_region = e.tag().is_some_and(|t| Some(t.region.as_str()) == region);
-            let rtt = e.rtt().map_or(u128::MAX, |d| d.as_micros());
+            let same_region = e.tag().is_some_and(|t| t.region == region);
+            let rtt = if same_region { 0 } else { e.rtt().map_or(u128::MAX, |d| d.as_micros()) };
             (!same_region, rtt, *rotated)
         });
         order.into_iter().map(|(_, e)| e).collect()
@@ -451,6 +457,11 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(s.pick(Route::Nearest, now, &[]).expect("some").addr, "b:1");
         }
+        tag("d:1", 4, "eu", 1);
+        let picked: std::collections::BTreeSet<String> =
+            (0..4).map(|_| s.pick(Route::Nearest, now, &[]).expect("some").addr.clone()).collect();
+        assert_eq!(picked.len(), 2, "round-robin among the region's endpoints: {picked:?}");
+        tag("d:1", 4, "ap", 500);
         let avoid = vec!["b:1".to_string()];
         assert_eq!(s.pick(Route::Nearest, now, &avoid).expect("some").addr, "a:1");
         let leader = s.redirect("10.0.0.3:7001", "a:1", now).expect("mapped");
