@@ -287,3 +287,28 @@ async fn corrupt_key_without_fault_injection_is_unimplemented() {
     let err = admin.corrupt_key(req).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_trace_id_lands_in_the_binlog_event_on_every_replica() {
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let cluster = start(3).await;
+    let client = client_of(&cluster, "binlog-trace-id");
+    // Send the write through a follower so the trace id also crosses the forward.
+    let via = follower(&cluster).await;
+    let mut kv = cluster.kv(via).expect("kv");
+    let mut req = tonic::Request::new(pb::PutRequest {
+        key: b"traced".to_vec(),
+        value: b"v".to_vec(),
+        request_id: request_id(),
+        ..Default::default()
+    });
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    req.metadata_mut().insert("traceparent", traceparent.parse().expect("ascii"));
+    let put = kv.put(req).await.expect("put").into_inner();
+    let revision = put.record.expect("record").revision;
+    for id in cluster.ids() {
+        let events = read_binlog(&client, &cluster, id, revision, revision).await;
+        let event = events.iter().find(|e| e.revision == revision).expect("the write's event");
+        assert_eq!(event.trace_id, TRACE_ID, "node {id}: trace id of the write's binlog event");
+    }
+}

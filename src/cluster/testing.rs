@@ -23,6 +23,8 @@ use crate::config::RaftConfig;
 pub const FAILURE_LOG_LINES: usize = 60;
 /// Start-up deadline of each test node.
 pub const TEST_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Starts tried when a reserved port was taken before a node could bind it.
+pub const PORT_CLASH_ATTEMPTS: u32 = 3;
 /// SIGTERM-to-exit deadline of test nodes before SIGKILL.
 pub const TEST_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,7 +152,31 @@ impl TestCluster {
     /// has them, else `options.raft`) on free ports in a new temp dir. The layout's
     /// addresses, data dir and binary are replaced; `options` adds extra args and the
     /// proxy (a layout with region latencies always gets the proxy and client links).
+    ///
+    /// Ports are picked by binding port 0 and released just before the nodes bind them,
+    /// so another process can take one in between (an outgoing connection's ephemeral
+    /// port, say). A start that fails only because a port was taken is retried with
+    /// fresh ports, up to [`PORT_CLASH_ATTEMPTS`] times.
     pub async fn start_layout(
+        layout: Manifest,
+        options: TestOptions,
+    ) -> Result<Self, ClusterError> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_layout_once(layout.clone(), options.clone()).await {
+                Err(ClusterError::ExitedEarly { log_tail, .. })
+                    if log_tail.contains("Address already in use")
+                        && attempt < PORT_CLASH_ATTEMPTS =>
+                {
+                    eprintln!("test cluster: a reserved port was taken meanwhile; retrying");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_layout_once(
         layout: Manifest,
         options: TestOptions,
     ) -> Result<Self, ClusterError> {
