@@ -217,6 +217,7 @@ impl NodeCore {
             return Ok(());
         }
         if let Consistency::BoundedStaleness(max_ms) = consistency {
+            self.freshness.note_demand();
             let applied = self.reader.applied()?.revision;
             let bound = self.freshness.staleness_bound(applied, std::time::Instant::now());
             if bound.is_some_and(|b| b <= Duration::from_millis(max_ms)) {

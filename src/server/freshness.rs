@@ -22,6 +22,10 @@
 //! indexes to non-members, and the node then answers every request with
 //! FAILED_PRECONDITION (NODE_REMOVED) until it is a member again.
 //!
+//! Proofs cost the leader a quorum round each, so a node asks every interval only while
+//! bounded-staleness reads were served in the last [`DEMAND_WINDOW`]; otherwise it asks
+//! once per [`IDLE_PROOF_INTERVAL`] (which still keeps the membership verdict fresh).
+//!
 //! Invariants: proofs are kept in `asked_at` order, at most [`MAX_PROOFS`]; at most
 //! [`MAX_INFLIGHT_PROOFS`] questions are in flight.
 
@@ -39,6 +43,10 @@ use crate::raft::network::ReadIndexError;
 pub const MAX_PROOFS: usize = 16;
 /// Read-index questions in flight at once (a slow leader round never piles up).
 pub const MAX_INFLIGHT_PROOFS: usize = 4;
+/// Bounded-staleness reads within this window keep proofs at the configured interval.
+pub const DEMAND_WINDOW: Duration = Duration::from_secs(10);
+/// Proof interval while no bounded-staleness read was asked for.
+pub const IDLE_PROOF_INTERVAL: Duration = Duration::from_secs(1);
 /// Deadline of one question, at least this long (and at least 10 intervals).
 pub const MIN_PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -55,6 +63,7 @@ pub struct Proof {
 #[derive(Debug, Default)]
 pub struct Freshness {
     proofs: Mutex<VecDeque<Proof>>,
+    last_demand: Mutex<Option<Instant>>,
     removed: AtomicBool,
     removed_reason: Mutex<String>,
 }
@@ -86,6 +95,19 @@ impl Freshness {
             .rev()
             .find(|p| p.index <= applied)
             .map(|p| now.saturating_duration_since(p.asked_at))
+    }
+
+    /// Note that a bounded-staleness read was asked for (keeps proofs frequent).
+    pub fn note_demand(&self) {
+        *self.last_demand.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether a bounded-staleness read was asked for within [`DEMAND_WINDOW`].
+    fn in_demand(&self) -> bool {
+        self.last_demand
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < DEMAND_WINDOW)
     }
 
     /// Whether the leader last said this node is not a member, and what it said.
@@ -122,11 +144,17 @@ pub async fn run(core: Arc<NodeCore>, mut stop: tokio::sync::watch::Receiver<boo
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_PROOFS));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_asked: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
+        let idle = !core.freshness.in_demand();
+        if idle && last_asked.is_some_and(|t| t.elapsed() < IDLE_PROOF_INTERVAL) {
+            continue;
+        }
+        last_asked = Some(Instant::now());
         let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
         let core = core.clone();
         tokio::spawn(async move {
