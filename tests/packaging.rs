@@ -292,3 +292,37 @@ fn systemd_analyze_accepts_the_unit_where_available() {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(report.trim().is_empty(), "systemd-analyze verify complains:\n{report}");
 }
+
+/// deny.toml holds: licenses, duplicate-crate bans and sources, checked offline by
+/// cargo-deny when it is installed (skipped with a message otherwise;
+/// MERIDIAN_REQUIRE_CARGO_DENY makes a missing tool a failure).
+#[test]
+fn cargo_deny_accepts_licenses_bans_and_sources() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let installed = std::process::Command::new(&cargo)
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("MERIDIAN_REQUIRE_CARGO_DENY").is_none(),
+            "cargo-deny is required but not installed"
+        );
+        eprintln!("SKIPPED: cargo-deny not installed (`cargo install --locked cargo-deny`)");
+        return;
+    }
+    let out = std::process::Command::new(&cargo)
+        .args(["deny", "--offline", "check", "licenses", "bans", "sources"])
+        .current_dir(repo())
+        .output()
+        .expect("run cargo deny");
+    assert!(
+        out.status.success(),
+        "cargo deny failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.starts_with("warning"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
