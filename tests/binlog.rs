@@ -207,7 +207,10 @@ async fn watch_streams_only_the_watched_prefix() {
     let kv = cluster.kv(leader).expect("kv");
     let follower = cluster.ids().into_iter().find(|id| *id != leader).expect("follower");
     let addr = cluster.api_addr(follower).expect("addr").to_string();
-    put_ok(&kv, b"w/before", b"old").await;
+    let before = put_ok(&kv, b"w/before", b"old").await.record.expect("record").revision;
+    // "From now" is the serving replica's now: let the follower apply the earlier write
+    // first, or it would (rightly) stream it.
+    cluster.wait_applied(before, CLUSTER_DEADLINE).await.expect("follower applied");
     let options = WatchOptions { prefix: b"w/".to_vec(), ..Default::default() };
     let mut stream = client.watch(&addr, options).await.expect("watch");
     put_ok(&kv, b"w/1", b"a").await;
