@@ -123,8 +123,9 @@ async fn drive_until(client: &Client, addr: &str, state: BreakerState) {
         let read = client.get("breaker/k", ReadOptions::serializable()).await;
         read.unwrap_or_else(|e| panic!("read {n} failed while another node could serve it: {e}"));
         if n % 3 == 2 {
-            // Give an open breaker's sleep window time to pass (the condition is polled).
-            tokio::time::sleep(meridian::cluster::POLL_INTERVAL).await;
+            // An open breaker's sleep window must pass; the loop polls the state with a
+            // deadline.
+            tokio::time::sleep(meridian::cluster::POLL_INTERVAL).await; // poll interval, deadline-bound
         }
     }
     panic!(
