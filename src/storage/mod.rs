@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod binlog;
 pub mod log_store;
+mod pending;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -17,7 +17,10 @@
 //! than its window (both evaluated on replicated HLC time, so every replica keeps
 //! exactly the same table).
 //!
-//! Readers ([`SmReader`]) read sled concurrently with apply; they see each entry whole.
+//! Entries are applied into a [`Pending`] overlay and committed as one sled batch per
+//! `apply()` call (bounded), so a crash leaves a prefix of whole entries applied.
+//!
+//! Readers ([`SmReader`]) read sled concurrently with apply; they see each batch whole.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{apply_command, StateView};
 use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
+use super::pending::{Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
 use super::snapshot::{write_snapshot, SnapshotReader};
 use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use super::{decode, encode, StorageError, Store, META_TREE};
@@ -149,15 +153,14 @@ fn get_meta<T: for<'a> Deserialize<'a>>(
     tree.get(key)?.map(|b| decode(&b)).transpose()
 }
 
+fn decode_record(b: &[u8]) -> Result<Record, StorageError> {
+    let r: Record = decode(b)?;
+    r.check().map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    Ok(r)
+}
+
 fn read_record(tree: &sled::Tree, key: &[u8]) -> Result<Option<Record>, StorageError> {
-    match tree.get(rec_key(key))? {
-        Some(b) => {
-            let r: Record = decode(&b)?;
-            r.check().map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            Ok(Some(r))
-        }
-        None => Ok(None),
-    }
+    tree.get(rec_key(key))?.map(|b| decode_record(&b)).transpose()
 }
 
 fn read_saga(tree: &sled::Tree, id: &str) -> Result<Option<Saga>, StorageError> {
@@ -330,17 +333,47 @@ pub struct StateMachine {
     dedup: DedupLimits,
     dedup_stats: Arc<DedupStats>,
     retention: RetentionLimits,
+    /// Wall time of the last expired exactly-once id: every expiry key older than it is
+    /// gone, so the next scan starts here (0 after open/install: from the start).
+    expiry_floor: u64,
+    /// The same for the closed-saga index.
+    closed_floor: u64,
 }
 
-struct TreeView<'a>(&'a sled::Tree);
+/// The state an entry applies on: the tree plus the writes of earlier entries of the
+/// same batch.
+struct PendingView<'a>(&'a Pending);
 
-impl StateView for TreeView<'_> {
+impl StateView for PendingView<'_> {
     fn record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
-        read_record(self.0, key)
+        self.0.get_with(&rec_key(key), decode_record)
     }
     fn saga(&self, id: &str) -> Result<Option<Saga>, StorageError> {
-        read_saga(self.0, id)
+        self.0.get_decoded(&saga_key(id))
     }
+}
+
+/// Up to `limit` keys `<prefix><wall_ns BE><id>` from wall time `from_wall` on, oldest
+/// first, with their wall time (time-ordered indexes: dedup expiry, closed sagas).
+fn scan_aged(
+    pending: &Pending,
+    prefix: u8,
+    from_wall: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    let mut lo = vec![prefix];
+    lo.extend_from_slice(&from_wall.to_be_bytes());
+    let mut out = Vec::new();
+    for kv in pending.range(&lo, &[prefix + 1]).take(limit) {
+        let (k, _) = kv?;
+        let wall = k
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StorageError::Corrupt("short time-index key".into()))?;
+        out.push((wall, k));
+    }
+    Ok(out)
 }
 
 impl StateMachine {
@@ -371,6 +404,8 @@ impl StateMachine {
             dedup,
             dedup_stats: Arc::default(),
             retention: RetentionLimits::default(),
+            expiry_floor: 0,
+            closed_floor: 0,
         })
     }
 
@@ -398,28 +433,27 @@ impl StateMachine {
 
     fn apply_entry(
         &mut self,
-        tree: &sled::Tree,
+        pending: &mut Pending,
         entry: &Entry,
     ) -> Result<ApplyResult, StorageError> {
         let log_id = entry.log_id;
         let revision = log_id.index;
-        let last_hlc: Timestamp = get_meta(tree, LAST_HLC)?.unwrap_or_default();
-        let mut batch = sled::Batch::default();
-        batch.insert(APPLIED, encode(&Some(log_id))?);
+        let last_hlc: Timestamp = pending.get_decoded(LAST_HLC)?.unwrap_or_default();
+        pending.insert(APPLIED, encode(&Some(log_id))?);
         let result = match &entry.payload {
             EntryPayload::Blank => {
                 ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
             }
             EntryPayload::Membership(m) => {
                 let sm = StoredMembership::new(Some(log_id), m.clone());
-                batch.insert(MEMBERSHIP, encode(&sm)?);
+                pending.insert(MEMBERSHIP, encode(&sm)?);
                 ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
             }
             EntryPayload::Normal(cmd) => {
                 let replay = if cmd.request_id.is_empty() {
                     None
                 } else {
-                    get_meta::<DedupEntry>(tree, &dedup_key(&cmd.request_id))?
+                    pending.get_decoded::<DedupEntry>(&dedup_key(&cmd.request_id))?
                 };
                 match replay {
                     Some(d) => {
@@ -428,69 +462,61 @@ impl StateMachine {
                     }
                     None => {
                         let (result, effects) =
-                            apply_command(&TreeView(tree), revision, last_hlc, cmd)?;
+                            apply_command(&PendingView(pending), revision, last_hlc, cmd)?;
                         for (key, after) in &effects.records {
                             match after {
-                                Some(r) => batch.insert(rec_key(key), encode(r)?),
-                                None => batch.remove(rec_key(key)),
+                                Some(r) => pending.insert(rec_key(key), encode(r)?),
+                                None => pending.remove(rec_key(key)),
                             }
                         }
                         for saga in &effects.sagas {
-                            batch.insert(saga_key(&saga.id), encode(saga)?);
+                            pending.insert(saga_key(&saga.id), encode(saga)?);
                             if saga.state != crate::record::SagaState::Open {
-                                batch
-                                    .insert(saga_closed_key(result.hlc.wall_ns, &saga.id), &[][..]);
+                                pending.insert(saga_closed_key(result.hlc.wall_ns, &saga.id), []);
                             }
                         }
-                        self.forget_closed_sagas(tree, &mut batch, result.hlc.wall_ns)?;
-                        self.append_events(tree, &mut batch, cmd, &result, effects.events)?;
-                        batch.insert(LAST_HLC, encode(&result.hlc)?);
+                        self.forget_closed_sagas(pending, result.hlc.wall_ns)?;
+                        self.append_events(pending, cmd, &result, effects.events)?;
+                        pending.insert(LAST_HLC, encode(&result.hlc)?);
                         if !cmd.request_id.is_empty() {
-                            self.remember(tree, &mut batch, &cmd.request_id, &result)?;
+                            self.remember(pending, &cmd.request_id, &result)?;
                         }
                         result
                     }
                 }
             }
         };
-        tree.apply_batch(batch)?;
         self.hlc.observe(result.hlc);
         Ok(result)
     }
 
     /// Forget sagas closed longer than the binlog retention age ago (their events are
-    /// gone too), at most [`SAGA_EVICT_PER_APPLY`] per entry, in `batch`.
+    /// gone too), at most [`SAGA_EVICT_PER_APPLY`] per entry.
     fn forget_closed_sagas(
-        &self,
-        tree: &sled::Tree,
-        batch: &mut sled::Batch,
+        &mut self,
+        pending: &mut Pending,
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
         let cutoff = now_wall_ns.saturating_sub(self.retention.max_age_ns);
-        for kv in tree.scan_prefix([SAGA_CLOSED]).take(SAGA_EVICT_PER_APPLY) {
-            let (k, _) = kv?;
-            let wall = k
-                .get(1..9)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StorageError::Corrupt("short saga index key".into()))?;
+        let doomed = scan_aged(pending, SAGA_CLOSED, self.closed_floor, SAGA_EVICT_PER_APPLY)?;
+        for (wall, k) in doomed {
             if wall >= cutoff {
                 break;
             }
             let mut sk = vec![SAGA];
             sk.extend_from_slice(&k[9..]);
-            batch.remove(sk);
-            batch.remove(k);
+            pending.remove(sk);
+            pending.remove(k);
+            self.closed_floor = wall;
         }
         Ok(())
     }
 
     /// Seal the drafts of one command into binlog events (continuing the chain) and
-    /// trim old events, all in `batch`.
+    /// trim old events.
     fn append_events(
         &self,
-        tree: &sled::Tree,
-        batch: &mut sled::Batch,
+        pending: &mut Pending,
         cmd: &crate::record::Command,
         result: &ApplyResult,
         drafts: Vec<binlog::EventDraft>,
@@ -498,17 +524,17 @@ impl StateMachine {
         if drafts.is_empty() {
             return Ok(());
         }
-        let prev: ChainHash = get_meta(tree, binlog::CHAIN_KEY)?.unwrap_or([0; 16]);
+        let prev: ChainHash = pending.get_decoded(binlog::CHAIN_KEY)?.unwrap_or([0; 16]);
         let (events, head) =
             binlog::seal(result.revision, result.hlc, &cmd.request_id, &cmd.trace_id, drafts, prev);
-        let mut count: u64 = get_meta(tree, binlog::COUNT_KEY)?.unwrap_or(0);
+        let mut count: u64 = pending.get_decoded(binlog::COUNT_KEY)?.unwrap_or(0);
         for e in &events {
-            batch.insert(&binlog::event_key(e.revision, e.index)[..], encode(e)?);
+            pending.insert(&binlog::event_key(e.revision, e.index)[..], encode(e)?);
         }
         count += events.len() as u64;
-        batch.insert(binlog::CHAIN_KEY, encode(&head)?);
-        self.trim_events(tree, batch, &mut count, result.hlc.wall_ns)?;
-        batch.insert(binlog::COUNT_KEY, encode(&count)?);
+        pending.insert(binlog::CHAIN_KEY, encode(&head)?);
+        self.trim_events(pending, &mut count, result.hlc.wall_ns)?;
+        pending.insert(binlog::COUNT_KEY, encode(&count)?);
         Ok(())
     }
 
@@ -516,13 +542,18 @@ impl StateMachine {
     /// [`binlog::TRIM_EVENTS_PER_APPLY`] events plus the rest of the last revision.
     fn trim_events(
         &self,
-        tree: &sled::Tree,
-        batch: &mut sled::Batch,
+        pending: &mut Pending,
         count: &mut u64,
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
+        // Every event below the floor is gone: start there rather than at the prefix,
+        // so earlier trims of the same overlay are not walked again.
+        let floor: u64 = pending.get_decoded(binlog::FLOOR_KEY)?.unwrap_or(0);
+        let lo = binlog::event_key(floor, 0);
+        let hi = [binlog::EVENT_PREFIX + 1];
+        let mut remove = Vec::new();
         let mut trimming: Option<u64> = None;
-        for (trimmed, kv) in tree.scan_prefix([binlog::EVENT_PREFIX]).enumerate() {
+        for (trimmed, kv) in pending.range(&lo, &hi).enumerate() {
             let (k, v) = kv?;
             let (rev, _) = binlog::parse_event_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
@@ -537,50 +568,67 @@ impl StateMachine {
                 }
                 trimming = Some(rev);
             }
-            batch.remove(k);
+            remove.push(k);
             *count = count.saturating_sub(1);
         }
+        for k in remove {
+            pending.remove(k);
+        }
         if let Some(rev) = trimming {
-            batch.insert(binlog::FLOOR_KEY, encode(&(rev + 1))?);
+            pending.insert(binlog::FLOOR_KEY, encode(&(rev + 1))?);
         }
         Ok(())
     }
 
-    /// Add `id` to the exactly-once table and expire/evict old ids, in `batch`.
+    /// Add `id` to the exactly-once table and expire/evict old ids.
     fn remember(
-        &self,
-        tree: &sled::Tree,
-        batch: &mut sled::Batch,
+        &mut self,
+        pending: &mut Pending,
         id: &str,
         result: &ApplyResult,
     ) -> Result<(), StorageError> {
         let now = result.hlc.wall_ns;
         let entry = DedupEntry { wall_ns: now, result: result.clone() };
-        batch.insert(dedup_key(id), encode(&entry)?);
-        batch.insert(expiry_key(now, id), &[][..]);
-        let mut count: u64 = get_meta(tree, DEDUP_COUNT)?.unwrap_or(0) + 1;
+        pending.insert(dedup_key(id), encode(&entry)?);
+        pending.insert(expiry_key(now, id), []);
+        let mut count: u64 = pending.get_decoded(DEDUP_COUNT)?.unwrap_or(0) + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
-        for kv in tree.scan_prefix([EXPIRY]).take(DEDUP_EVICT_PER_APPLY) {
-            let (k, _) = kv?;
-            let wall = k
-                .get(1..9)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StorageError::Corrupt("short expiry key".into()))?;
+        let oldest = scan_aged(pending, EXPIRY, self.expiry_floor, DEDUP_EVICT_PER_APPLY)?;
+        for (wall, k) in oldest {
             let full = count > self.dedup.max_entries;
             if wall >= cutoff && !full {
                 break;
             }
-            let old_id = &k[9..];
-            batch.remove(&k);
             let mut dk = vec![DEDUP];
-            dk.extend_from_slice(old_id);
-            batch.remove(dk);
+            dk.extend_from_slice(&k[9..]);
+            pending.remove(dk);
+            pending.remove(k);
+            self.expiry_floor = wall;
             count -= 1;
             let stat = if full { &self.dedup_stats.evicted } else { &self.dedup_stats.expired };
             stat.fetch_add(1, Ordering::Relaxed);
         }
-        batch.insert(DEDUP_COUNT, encode(&count)?);
+        pending.insert(DEDUP_COUNT, encode(&count)?);
+        Ok(())
+    }
+
+    /// Commit the overlay, publish the applied revision, then answer the entries it
+    /// holds (a response implies a read sees the write).
+    fn commit(
+        &mut self,
+        pending: &mut Pending,
+        done: &mut Vec<(Option<openraft::storage::ApplyResponder<TypeConfig>>, ApplyResult)>,
+        last_index: Option<u64>,
+    ) -> Result<(), StorageError> {
+        pending.commit()?;
+        if let Some(index) = last_index {
+            self.shared.applied.send_replace(index);
+        }
+        for (responder, result) in done.drain(..) {
+            if let Some(r) = responder {
+                r.send(result);
+            }
+        }
         Ok(())
     }
 
@@ -673,6 +721,8 @@ impl StateMachine {
         );
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
+        self.expiry_floor = 0;
+        self.closed_floor = 0;
         let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
         self.hlc.observe(last);
         self.shared.applied.send_replace(applied.map_or(0, |l| l.index));
@@ -728,18 +778,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + Unpin
             + openraft::OptionalSend,
     {
-        let tree = self.shared.tree();
+        let mut pending = Pending::new(self.shared.tree());
+        let mut done = Vec::new();
+        let mut last_index = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let result = self.apply_entry(&tree, &entry).map_err(|e| {
+            let result = self.apply_entry(&mut pending, &entry).map_err(|e| {
                 tracing::error!(error = %e, log_id = %entry.log_id, "apply failed: stopping to avoid divergence");
                 io::Error::from(e)
             })?;
-            self.shared.applied.send_replace(entry.log_id.index);
-            if let Some(r) = responder {
-                r.send(result);
+            debug_assert!(last_index.is_none_or(|i| i < entry.log_id.index), "apply order");
+            last_index = Some(entry.log_id.index);
+            done.push((responder, result));
+            if done.len() >= MAX_PENDING_ENTRIES || pending.bytes() >= MAX_PENDING_BYTES {
+                self.commit(&mut pending, &mut done, last_index)?;
             }
         }
+        self.commit(&mut pending, &mut done, last_index)?;
         Ok(())
     }
 
@@ -941,6 +996,66 @@ mod tests {
         let ev = all_events(&f.sm);
         assert_eq!(ev[1].before.as_ref().map(|r| r.value.clone()), Some(b"evil".to_vec()));
         assert!(!f.sm.reader().corrupt_record(b"absent", b"x").expect("absent"));
+    }
+
+    /// Every key and value of the active tree.
+    fn dump(sm: &StateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        sm.shared
+            .tree()
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .expect("dump")
+    }
+
+    /// A log exercising every path that reads state written by earlier entries: the
+    /// same key written again, retried request ids, a tiny exactly-once table (evictions)
+    /// with a short window (expiry), binlog retention trimming, sagas closing and aging.
+    fn mixed_log() -> Vec<Entry> {
+        let mut out = Vec::new();
+        for i in 0..120u64 {
+            let wall = 1_000 + i * 7;
+            let id = match i % 5 {
+                0 => String::new(),
+                1 => format!("r{}", i.saturating_sub(1)), // a retry of the previous id
+                _ => format!("r{i}"),
+            };
+            let mut e = entry(i + 1, wall, &id, &format!("k{}", i % 4));
+            if let EntryPayload::Normal(c) = &mut e.payload {
+                c.op = match i % 11 {
+                    3 => Op::SagaOpen { saga_id: format!("s{i}"), timeout_ms: 1 },
+                    4 => Op::SagaCommit { saga_id: format!("s{}", i - 1) },
+                    7 => Op::Delete { key: format!("k{}", i % 4).into(), expected_version: None },
+                    _ => c.op.clone(),
+                };
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn where_apply_batches_end_never_changes_the_state() {
+        let limits = DedupLimits { window_ns: 300, max_entries: 5 };
+        let retention = RetentionLimits { max_events: 9, max_age_ns: 200 };
+        let log = mixed_log();
+        let mut one_by_one = Fixture::new(limits);
+        one_by_one.sm.retention = retention;
+        for e in log.clone() {
+            one_by_one.sm.apply(stream::iter([Ok((e, None))])).await.expect("apply");
+        }
+        for chunk in [log.len(), 7, 2] {
+            let mut batched = Fixture::new(limits);
+            batched.sm.retention = retention;
+            for part in log.chunks(chunk) {
+                let items: Vec<_> = part.iter().cloned().map(|e| Ok((e, None))).collect();
+                batched.sm.apply(stream::iter(items)).await.expect("apply");
+            }
+            assert_eq!(dump(&batched.sm), dump(&one_by_one.sm), "batches of {chunk}");
+        }
+        let stats = one_by_one.sm.dedup_stats();
+        assert!(stats.evicted.load(Ordering::Relaxed) + stats.expired.load(Ordering::Relaxed) > 0);
+        assert!(one_by_one.sm.reader().binlog_oldest().expect("oldest") > 1, "trimmed");
     }
 
     #[tokio::test]
