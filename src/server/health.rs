@@ -4,9 +4,15 @@
 //! A node reports SERVING (for "" and "meridian.v1.Kv") only when it belongs to an
 //! initialised cluster and is in touch with it:
 //! - a leader: a quorum acknowledged it within the max election timeout, and it has
-//!   applied everything it committed;
+//!   applied what it committed, up to [`MAX_APPLY_LAG`] entries;
 //! - a follower or learner: it accepted an AppendEntries from the leader within the
-//!   max election timeout, and has applied the commit index that leader announced.
+//!   max election timeout, and has applied the commit index that leader announced, up
+//!   to [`MAX_APPLY_LAG`] entries.
+//!
+//! Under load, apply always trails commit by the entries in flight: demanding exact
+//! equality made every node flap between SERVING and NOT_SERVING on every write. A
+//! node catching up after a restart or a partition is far more than the allowance
+//! behind.
 //!
 //! Otherwise (partitioned away, catching up, electing, not initialised, removed from
 //! the membership) NOT_SERVING.
@@ -24,6 +30,10 @@ use super::core::NodeCore;
 
 /// How often health is re-evaluated, in addition to every Raft metrics change.
 pub const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Committed entries a node may not have applied yet and still report SERVING (one
+/// apply batch of the state machine).
+pub const MAX_APPLY_LAG: u64 = 1_024;
 
 /// Whether the node should report SERVING now.
 pub fn is_serving(core: &NodeCore) -> bool {
@@ -45,12 +55,14 @@ pub fn is_serving(core: &NodeCore) -> bool {
             let mut voters = m.membership_config.membership().voter_ids();
             let alone = voters.next() == Some(core.id) && voters.next().is_none();
             let acked = alone || m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < fresh);
-            acked && applied >= committed
+            acked && applied.saturating_add(MAX_APPLY_LAG) >= committed
         }
         ServerState::Follower | ServerState::Learner => core
             .contact
             .last()
-            .is_some_and(|(at, leader_commit)| at.elapsed() < fresh && applied >= leader_commit),
+            .is_some_and(|(at, leader_commit)| {
+                at.elapsed() < fresh && applied.saturating_add(MAX_APPLY_LAG) >= leader_commit
+            }),
         ServerState::Candidate | ServerState::Shutdown => false,
     }
 }
