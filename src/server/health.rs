@@ -57,12 +57,11 @@ pub fn is_serving(core: &NodeCore) -> bool {
             let acked = alone || m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < fresh);
             acked && applied.saturating_add(MAX_APPLY_LAG) >= committed
         }
-        ServerState::Follower | ServerState::Learner => core
-            .contact
-            .last()
-            .is_some_and(|(at, leader_commit)| {
+        ServerState::Follower | ServerState::Learner => {
+            core.contact.last().is_some_and(|(at, leader_commit)| {
                 at.elapsed() < fresh && applied.saturating_add(MAX_APPLY_LAG) >= leader_commit
-            }),
+            })
+        }
         ServerState::Candidate | ServerState::Shutdown => false,
     }
 }

@@ -229,10 +229,7 @@ pub async fn run_node(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(
-            no_delay(raft_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(no_delay(raft_listener), stopped(stop_rx.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // tonic-health starts "" as SERVING; nothing is known yet, so say NOT_SERVING until
     // the health task has evaluated the node.

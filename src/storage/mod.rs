@@ -20,6 +20,7 @@ pub mod log_store;
 mod pending;
 pub mod snapshot;
 pub mod state_machine;
+mod time_index;
 pub mod types;
 
 #[cfg(test)]

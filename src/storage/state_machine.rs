@@ -35,6 +35,7 @@ use super::apply::{apply_command, StateView};
 use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
 use super::pending::{Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
 use super::snapshot::{write_snapshot, SnapshotReader};
+use super::time_index::TimeIndex;
 use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use super::{decode, encode, StorageError, Store, META_TREE};
 use crate::hlc::{Hlc, Timestamp};
@@ -333,11 +334,12 @@ pub struct StateMachine {
     dedup: DedupLimits,
     dedup_stats: Arc<DedupStats>,
     retention: RetentionLimits,
-    /// Wall time of the last expired exactly-once id: every expiry key older than it is
-    /// gone, so the next scan starts here (0 after open/install: from the start).
-    expiry_floor: u64,
-    /// The same for the closed-saga index.
-    closed_floor: u64,
+    /// Cached front of the exactly-once expiry index.
+    expiry: TimeIndex,
+    /// Cached front of the closed-saga index.
+    closed: TimeIndex,
+    /// Wall time of the oldest binlog event, when known (only trims remove events).
+    binlog_oldest_wall: Option<u64>,
 }
 
 /// The state an entry applies on: the tree plus the writes of earlier entries of the
@@ -351,29 +353,6 @@ impl StateView for PendingView<'_> {
     fn saga(&self, id: &str) -> Result<Option<Saga>, StorageError> {
         self.0.get_decoded(&saga_key(id))
     }
-}
-
-/// Up to `limit` keys `<prefix><wall_ns BE><id>` from wall time `from_wall` on, oldest
-/// first, with their wall time (time-ordered indexes: dedup expiry, closed sagas).
-fn scan_aged(
-    pending: &Pending,
-    prefix: u8,
-    from_wall: u64,
-    limit: usize,
-) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-    let mut lo = vec![prefix];
-    lo.extend_from_slice(&from_wall.to_be_bytes());
-    let mut out = Vec::new();
-    for kv in pending.range(&lo, &[prefix + 1]).take(limit) {
-        let (k, _) = kv?;
-        let wall = k
-            .get(1..9)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| StorageError::Corrupt("short time-index key".into()))?;
-        out.push((wall, k));
-    }
-    Ok(out)
 }
 
 impl StateMachine {
@@ -404,8 +383,9 @@ impl StateMachine {
             dedup,
             dedup_stats: Arc::default(),
             retention: RetentionLimits::default(),
-            expiry_floor: 0,
-            closed_floor: 0,
+            expiry: TimeIndex::new(EXPIRY),
+            closed: TimeIndex::new(SAGA_CLOSED),
+            binlog_oldest_wall: None,
         })
     }
 
@@ -472,7 +452,9 @@ impl StateMachine {
                         for saga in &effects.sagas {
                             pending.insert(saga_key(&saga.id), encode(saga)?);
                             if saga.state != crate::record::SagaState::Open {
-                                pending.insert(saga_closed_key(result.hlc.wall_ns, &saga.id), []);
+                                let k = saga_closed_key(result.hlc.wall_ns, &saga.id);
+                                self.closed.inserted(&k);
+                                pending.insert(k, []);
                             }
                         }
                         self.forget_closed_sagas(pending, result.hlc.wall_ns)?;
@@ -498,16 +480,16 @@ impl StateMachine {
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
         let cutoff = now_wall_ns.saturating_sub(self.retention.max_age_ns);
-        let doomed = scan_aged(pending, SAGA_CLOSED, self.closed_floor, SAGA_EVICT_PER_APPLY)?;
-        for (wall, k) in doomed {
-            if wall >= cutoff {
-                break;
+        for _ in 0..SAGA_EVICT_PER_APPLY {
+            match self.closed.oldest(pending)? {
+                Some((wall, _)) if wall < cutoff => {}
+                _ => break,
             }
+            let Some(k) = self.closed.pop() else { break };
             let mut sk = vec![SAGA];
             sk.extend_from_slice(&k[9..]);
             pending.remove(sk);
             pending.remove(k);
-            self.closed_floor = wall;
         }
         Ok(())
     }
@@ -515,7 +497,7 @@ impl StateMachine {
     /// Seal the drafts of one command into binlog events (continuing the chain) and
     /// trim old events.
     fn append_events(
-        &self,
+        &mut self,
         pending: &mut Pending,
         cmd: &crate::record::Command,
         result: &ApplyResult,
@@ -541,11 +523,16 @@ impl StateMachine {
     /// Remove the oldest events while retention says so: whole revisions, at most
     /// [`binlog::TRIM_EVENTS_PER_APPLY`] events plus the rest of the last revision.
     fn trim_events(
-        &self,
+        &mut self,
         pending: &mut Pending,
         count: &mut u64,
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
+        if let Some(wall) = self.binlog_oldest_wall {
+            if !self.retention.must_trim(*count, wall, now_wall_ns) {
+                return Ok(());
+            }
+        }
         // Every event below the floor is gone: start there rather than at the prefix,
         // so earlier trims of the same overlay are not walked again.
         let floor: u64 = pending.get_decoded(binlog::FLOOR_KEY)?.unwrap_or(0);
@@ -553,6 +540,7 @@ impl StateMachine {
         let hi = [binlog::EVENT_PREFIX + 1];
         let mut remove = Vec::new();
         let mut trimming: Option<u64> = None;
+        let mut oldest_kept = None;
         for (trimmed, kv) in pending.range(&lo, &hi).enumerate() {
             let (k, v) = kv?;
             let (rev, _) = binlog::parse_event_key(&k)
@@ -564,6 +552,7 @@ impl StateMachine {
                 }
                 let e: BinlogEvent = decode(&v)?;
                 if !self.retention.must_trim(*count, e.hlc.wall_ns, now_wall_ns) {
+                    oldest_kept = Some(e.hlc.wall_ns);
                     break;
                 }
                 trimming = Some(rev);
@@ -574,6 +563,7 @@ impl StateMachine {
         for k in remove {
             pending.remove(k);
         }
+        self.binlog_oldest_wall = oldest_kept;
         if let Some(rev) = trimming {
             pending.insert(binlog::FLOOR_KEY, encode(&(rev + 1))?);
         }
@@ -590,20 +580,22 @@ impl StateMachine {
         let now = result.hlc.wall_ns;
         let entry = DedupEntry { wall_ns: now, result: result.clone() };
         pending.insert(dedup_key(id), encode(&entry)?);
-        pending.insert(expiry_key(now, id), []);
+        let ek = expiry_key(now, id);
+        self.expiry.inserted(&ek);
+        pending.insert(ek, []);
         let mut count: u64 = pending.get_decoded(DEDUP_COUNT)?.unwrap_or(0) + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
-        let oldest = scan_aged(pending, EXPIRY, self.expiry_floor, DEDUP_EVICT_PER_APPLY)?;
-        for (wall, k) in oldest {
+        for _ in 0..DEDUP_EVICT_PER_APPLY {
             let full = count > self.dedup.max_entries;
-            if wall >= cutoff && !full {
-                break;
+            match self.expiry.oldest(pending)? {
+                Some((wall, _)) if wall < cutoff || full => {}
+                _ => break,
             }
+            let Some(k) = self.expiry.pop() else { break };
             let mut dk = vec![DEDUP];
             dk.extend_from_slice(&k[9..]);
             pending.remove(dk);
             pending.remove(k);
-            self.expiry_floor = wall;
             count -= 1;
             let stat = if full { &self.dedup_stats.evicted } else { &self.dedup_stats.expired };
             stat.fetch_add(1, Ordering::Relaxed);
@@ -721,8 +713,9 @@ impl StateMachine {
         );
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
-        self.expiry_floor = 0;
-        self.closed_floor = 0;
+        self.expiry.reset();
+        self.closed.reset();
+        self.binlog_oldest_wall = None;
         let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
         self.hlc.observe(last);
         self.shared.applied.send_replace(applied.map_or(0, |l| l.index));
@@ -858,6 +851,8 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
+        store: Store,
+        limits: DedupLimits,
         sm: StateMachine,
         next: u64,
     }
@@ -873,7 +868,17 @@ mod tests {
                 Timestamp::ZERO,
             );
             let sm = StateMachine::open(&store, hlc, limits).expect("sm");
-            Self { _dir: dir, sm, next: 1 }
+            Self { _dir: dir, store, limits, sm, next: 1 }
+        }
+
+        /// Drop the state machine and open it again on the same data (a restart: every
+        /// in-memory cache starts cold).
+        fn reopen(&mut self) {
+            let retention = self.sm.retention;
+            let hlc = self.sm.hlc.clone();
+            self.sm = StateMachine::open(&self.store, hlc, self.limits)
+                .expect("reopen")
+                .with_binlog_retention(retention);
         }
 
         /// Apply a put of `key` with `request_id` at HLC wall time `wall_ns`.
@@ -1053,6 +1058,16 @@ mod tests {
             }
             assert_eq!(dump(&batched.sm), dump(&one_by_one.sm), "batches of {chunk}");
         }
+        let mut restarted = Fixture::new(limits);
+        restarted.sm.retention = retention;
+        for (i, part) in log.chunks(13).enumerate() {
+            if i % 2 == 1 {
+                restarted.reopen();
+            }
+            let items: Vec<_> = part.iter().cloned().map(|e| Ok((e, None))).collect();
+            restarted.sm.apply(stream::iter(items)).await.expect("apply");
+        }
+        assert_eq!(dump(&restarted.sm), dump(&one_by_one.sm), "with restarts");
         let stats = one_by_one.sm.dedup_stats();
         assert!(stats.evicted.load(Ordering::Relaxed) + stats.expired.load(Ordering::Relaxed) > 0);
         assert!(one_by_one.sm.reader().binlog_oldest().expect("oldest") > 1, "trimmed");
