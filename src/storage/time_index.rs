@@ -157,7 +157,7 @@ mod tests {
             if rand(4) != 0 {
                 continue; // checking refills the cache: leave it partial at times
             }
-            let scanned = pending.range(&[b'e'], &[b'f']).next().map(|kv| kv.expect("kv").0);
+            let scanned = pending.range(b"e", b"f").next().map(|kv| kv.expect("kv").0);
             let cached = index.oldest(&pending).expect("oldest").map(|(_, k)| k.to_vec());
             assert_eq!(cached, scanned, "step {step}");
         }
