@@ -85,7 +85,9 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Election timeout upper bound, ms (> min).
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many applied entries since the last one.
+    /// Build a snapshot after this many applied entries since the last one (default
+    /// 100,000, as etcd's `--snapshot-count`: a snapshot dumps the whole state machine
+    /// while apply waits).
     pub snapshot_logs_since_last: u64,
     /// Log entries kept after a snapshot (for slow followers) before purging.
     pub max_in_snapshot_log_to_keep: u64,
@@ -103,7 +105,7 @@ impl Default for RaftConfig {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
-            snapshot_logs_since_last: 10_000,
+            snapshot_logs_since_last: 100_000,
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 512,
             snapshot_chunk_bytes: 1024 * 1024,
