@@ -13,6 +13,7 @@
 
 pub mod pb;
 
+pub mod alloc;
 pub mod checker;
 pub mod cli;
 pub mod client;

@@ -9,5 +9,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    meridian::alloc::reexec_node_with_options();
     meridian::cli::main()
 }
