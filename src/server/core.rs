@@ -8,7 +8,8 @@
 //!
 //! Read path: SERIALIZABLE reads the local state machine. LINEARIZABLE takes a read
 //! index from the leader (`ReadPolicy::ReadIndex`: a heartbeat round confirms
-//! leadership) and waits until the local state machine has applied it.
+//! leadership) and waits until the local state machine has applied it; concurrent
+//! readers share one such barrier per round ([`super::read_batch`]).
 //! BOUNDED_STALENESS(B) is served locally when a freshness proof (see
 //! [`super::freshness`]) shows the local state is at most B old; otherwise it takes
 //! the linearizable path, which always satisfies the bound.
@@ -16,6 +17,7 @@
 //! A node the leader declared a non-member (removed), or whose own membership no longer
 //! lists it, refuses every request with FAILED_PRECONDITION (NODE_REMOVED).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -31,6 +33,7 @@ use crate::record::{ApplyResult, Command, Op, Source};
 use crate::storage::state_machine::AppliedPoint;
 use crate::storage::SmReader;
 
+use super::read_batch;
 use super::validate::{Consistency, Limits};
 
 /// Pause between retries of a proposal refused while a new leader acquires its lease.
@@ -66,6 +69,8 @@ pub struct NodeCore {
     pub contact: std::sync::Arc<crate::raft::service::LeaderContact>,
     /// Freshness proofs (bounded-staleness reads) and the leader's membership verdict.
     pub freshness: std::sync::Arc<super::freshness::Freshness>,
+    /// Linearizable read barriers shared by concurrent readers.
+    pub reads: read_batch::ReadBatch,
 }
 
 impl NodeCore {
@@ -208,7 +213,7 @@ impl NodeCore {
     /// is served locally, only the index crosses the network). If the leader cannot be
     /// asked, the caller gets NotLeader and forwards the whole read instead.
     pub async fn read_barrier(
-        &self,
+        self: &Arc<Self>,
         consistency: Consistency,
         deadline: Instant,
     ) -> Result<(), Error> {
@@ -224,6 +229,29 @@ impl NodeCore {
                 return Ok(());
             }
         }
+        let (rx, start) = self.reads.enqueue(deadline);
+        if start {
+            let core = self.clone();
+            tokio::spawn(async move { core.read_rounds().await });
+        }
+        read_batch::wait(rx, deadline).await
+    }
+
+    /// The runner of shared read barriers: one barrier per round of queued readers
+    /// (see [`super::read_batch`]), until nobody waits.
+    async fn read_rounds(self: Arc<Self>) {
+        let mut guard = read_batch::RunnerGuard(&self.reads, false);
+        while let Some(batch) = self.reads.next_round() {
+            let deadline = read_batch::round_deadline(&batch).unwrap_or_else(Instant::now);
+            let res = self.linearizable_barrier(deadline).await;
+            read_batch::answer(batch, &res);
+        }
+        guard.1 = true;
+    }
+
+    /// One read index (local, or from the leader for a follower) and the wait until
+    /// the local state machine has applied it.
+    async fn linearizable_barrier(&self, deadline: Instant) -> Result<(), Error> {
         let local = tokio::time::timeout_at(
             deadline,
             self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex),

@@ -16,6 +16,7 @@ pub mod layer;
 pub mod metrics;
 pub mod placement;
 pub mod ratelimit;
+pub mod read_batch;
 pub mod status;
 pub mod validate;
 
@@ -136,6 +137,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         network,
         dedup_stats,
         freshness: Arc::default(),
+        reads: Default::default(),
     };
     Ok((Arc::new(core), raft, store))
 }
