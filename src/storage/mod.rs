@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod binlog;
+mod dedup_index;
 pub mod log_store;
 mod pending;
 pub mod snapshot;

@@ -5,7 +5,8 @@
 //! - `k<key>` → [`Record`]
 //! - `m<name>` → metadata: applied log id, membership, last HLC, exactly-once count
 //! - `d<request_id>` → [`DedupEntry`] (exactly-once table)
-//! - `e<wall_ns BE><request_id>` → () (expiry index of the exactly-once table)
+//!   (its age order is kept in memory: [`DedupIndex`]; trees written before that held
+//!   an `e<wall_ns BE><request_id>` index, removed on open and skipped on install)
 //! - `s<saga_id>` → [`Saga`] (the replicated saga table); `c<closed wall_ns BE><id>`
 //!   indexes closed sagas, forgotten once older than the binlog retention age
 //! - `b<revision BE><index BE>` → binlog events and `mbinlog_*` metadata (see
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{apply_command, StateView};
 use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
+use super::dedup_index::DedupIndex;
 use super::pending::{Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
 use super::snapshot::{write_snapshot, SnapshotReader};
 use super::time_index::TimeIndex;
@@ -47,7 +49,8 @@ const SAGA_CLOSED: u8 = b'c';
 /// Max closed sagas forgotten per applied entry (bounds apply latency).
 pub const SAGA_EVICT_PER_APPLY: usize = 16;
 const DEDUP: u8 = b'd';
-const EXPIRY: u8 = b'e';
+/// Prefix of the former on-disk expiry index of the exactly-once table (legacy).
+const LEGACY_EXPIRY: u8 = b'e';
 const APPLIED: &[u8] = b"mapplied";
 const MEMBERSHIP: &[u8] = b"mmembership";
 const LAST_HLC: &[u8] = b"mhlc";
@@ -120,12 +123,31 @@ fn dedup_key(id: &str) -> Vec<u8> {
     k
 }
 
-fn expiry_key(wall_ns: u64, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.len() + 9);
-    k.push(EXPIRY);
-    k.extend_from_slice(&wall_ns.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
+/// Remove the legacy expiry index (see the module doc) from `tree`.
+fn drop_legacy_expiry(tree: &sled::Tree) -> Result<(), StorageError> {
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for k in tree.scan_prefix([LEGACY_EXPIRY]).keys().take(INSTALL_BATCH_ITEMS) {
+            batch.remove(k?);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        tree.apply_batch(batch)?;
+    }
+}
+
+/// Build the exactly-once table's in-memory index from `tree`.
+fn load_dedup_index(tree: &sled::Tree) -> Result<DedupIndex, StorageError> {
+    DedupIndex::load(tree.scan_prefix([DEDUP]).map(|kv| {
+        let (k, v) = kv?;
+        let id = std::str::from_utf8(&k[1..])
+            .map_err(|_| StorageError::Corrupt("request id is not UTF-8".into()))?;
+        let entry: DedupEntry = decode(&v)?;
+        Ok((id.to_string(), entry.wall_ns))
+    }))
 }
 
 fn tree_name(gen: u64) -> String {
@@ -334,8 +356,8 @@ pub struct StateMachine {
     dedup: DedupLimits,
     dedup_stats: Arc<DedupStats>,
     retention: RetentionLimits,
-    /// Cached front of the exactly-once expiry index.
-    expiry: TimeIndex,
+    /// Ids of the exactly-once table by id and age.
+    dedup_index: DedupIndex,
     /// Cached front of the closed-saga index.
     closed: TimeIndex,
     /// Wall time of the oldest binlog event, when known (only trims remove events).
@@ -369,6 +391,8 @@ impl StateMachine {
             }
         }
         let tree = store.db().open_tree(&active)?;
+        drop_legacy_expiry(&tree)?;
+        let dedup_index = load_dedup_index(&tree)?;
         let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
         hlc.observe(last);
         let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
@@ -383,7 +407,7 @@ impl StateMachine {
             dedup,
             dedup_stats: Arc::default(),
             retention: RetentionLimits::default(),
-            expiry: TimeIndex::new(EXPIRY),
+            dedup_index,
             closed: TimeIndex::new(SAGA_CLOSED),
             binlog_oldest_wall: None,
         })
@@ -430,10 +454,11 @@ impl StateMachine {
                 ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
             }
             EntryPayload::Normal(cmd) => {
-                let replay = if cmd.request_id.is_empty() {
-                    None
-                } else {
+                // The in-memory index answers the common miss without a sled read.
+                let replay = if self.dedup_index.contains(&cmd.request_id) {
                     pending.get_decoded::<DedupEntry>(&dedup_key(&cmd.request_id))?
+                } else {
+                    None
                 };
                 match replay {
                     Some(d) => {
@@ -580,26 +605,22 @@ impl StateMachine {
         let now = result.hlc.wall_ns;
         let entry = DedupEntry { wall_ns: now, result: result.clone() };
         pending.insert(dedup_key(id), encode(&entry)?);
-        let ek = expiry_key(now, id);
-        self.expiry.inserted(&ek);
-        pending.insert(ek, []);
+        self.dedup_index.insert(id, now);
         let mut count: u64 = pending.get_decoded(DEDUP_COUNT)?.unwrap_or(0) + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
         for _ in 0..DEDUP_EVICT_PER_APPLY {
             let full = count > self.dedup.max_entries;
-            match self.expiry.oldest(pending)? {
-                Some((wall, _)) if wall < cutoff || full => {}
+            match self.dedup_index.oldest_wall() {
+                Some(wall) if wall < cutoff || full => {}
                 _ => break,
             }
-            let Some(k) = self.expiry.pop() else { break };
-            let mut dk = vec![DEDUP];
-            dk.extend_from_slice(&k[9..]);
-            pending.remove(dk);
-            pending.remove(k);
+            let Some(old) = self.dedup_index.pop_oldest() else { break };
+            pending.remove(dedup_key(&old));
             count -= 1;
             let stat = if full { &self.dedup_stats.evicted } else { &self.dedup_stats.expired };
             stat.fetch_add(1, Ordering::Relaxed);
         }
+        debug_assert_eq!(count, self.dedup_index.len() as u64, "dedup count vs index");
         pending.insert(DEDUP_COUNT, encode(&count)?);
         Ok(())
     }
@@ -691,6 +712,9 @@ impl StateMachine {
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
         while let Some((k, v)) = reader.next_pair()? {
+            if k.first() == Some(&LEGACY_EXPIRY) {
+                continue;
+            }
             batch.insert(k, v);
             n += 1;
             if n % INSTALL_BATCH_ITEMS == 0 {
@@ -713,7 +737,7 @@ impl StateMachine {
         );
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
-        self.expiry.reset();
+        self.dedup_index = load_dedup_index(&tree)?;
         self.closed.reset();
         self.binlog_oldest_wall = None;
         let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
@@ -1071,6 +1095,20 @@ mod tests {
         let stats = one_by_one.sm.dedup_stats();
         assert!(stats.evicted.load(Ordering::Relaxed) + stats.expired.load(Ordering::Relaxed) > 0);
         assert!(one_by_one.sm.reader().binlog_oldest().expect("oldest") > 1, "trimmed");
+    }
+
+    #[tokio::test]
+    async fn a_legacy_expiry_index_is_dropped_on_open_and_dedup_still_works() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        f.put(100, "a", "k").await;
+        let mut legacy = vec![LEGACY_EXPIRY];
+        legacy.extend_from_slice(&100u64.to_be_bytes());
+        legacy.extend_from_slice(b"a");
+        f.sm.shared.tree().insert(&legacy, &[][..]).expect("insert");
+        f.reopen();
+        assert!(f.sm.shared.tree().get(&legacy).expect("get").is_none());
+        f.put(101, "a", "k").await;
+        assert_eq!(f.version("k"), 1, "the reloaded index still knows the id");
     }
 
     #[tokio::test]

@@ -1,11 +1,11 @@
 //! The in-memory front of a time-ordered index of the state-machine tree.
 //!
-//! The exactly-once table's expiry index (`e<wall_ns BE><request id>`) and the closed
-//! saga index (`c<wall_ns BE><saga id>`) are queues: keys are inserted at (nearly) the
-//! back and removed from the front as they age. Finding the front with a sled range
-//! scan on every applied entry was ~10% of a leader's CPU under write load; this
-//! caches the oldest keys and refills from the tree (through the apply overlay) only
-//! when the cached front runs out.
+//! The closed-saga index (`c<wall_ns BE><saga id>`) is a queue: keys are inserted at
+//! (nearly) the back and removed from the front as they age. Finding the front with a
+//! sled range scan on every applied entry cost ~10% of a leader's CPU under write load
+//! (measured on the exactly-once table's former on-disk expiry index, which had the
+//! same shape); this caches the oldest keys and refills from the tree (through the
+//! apply overlay) only when the cached front runs out.
 //!
 //! Invariant: `front` holds the smallest live keys of the index in order, and every
 //! live key not in `front` is greater than `front`'s last key and than `floor`.
