@@ -47,7 +47,7 @@ pub fn openraft_config(cfg: &NodeConfig) -> Result<Arc<openraft::Config>, RaftSe
         enable_elect: true,
         // Measured (docs/PERFORMANCE.md): replicating before the local fsync finished
         // gave no gain at 1 or 64 clients; openraft's default (off) keeps batches larger.
-        broadcast_submitted_on_append: Some(false),
+        broadcast_submitted_on_append: Some(true),
         // Proposals are batched as they queue (up to 4096); lingering only adds latency.
         api_batch_linger_ms: 0,
         ..Default::default()

@@ -26,11 +26,12 @@ use crate::record::{Record, Revision};
 
 /// Key prefix of binlog events in the state-machine tree.
 pub const EVENT_PREFIX: u8 = b'b';
-/// Meta key of the last chain hash.
+/// Legacy meta key of the last chain hash (now a field of the state machine's state
+/// key; read when migrating an older tree).
 pub const CHAIN_KEY: &[u8] = b"mbinlog_chain";
 /// Meta key of the oldest retained revision.
 pub const FLOOR_KEY: &[u8] = b"mbinlog_floor";
-/// Meta key of the retained event count.
+/// Legacy meta key of the retained event count (see [`CHAIN_KEY`]).
 pub const COUNT_KEY: &[u8] = b"mbinlog_count";
 /// Most events trimmed by one apply (bounds apply latency); a revision that is being
 /// trimmed is always finished, so the real bound is this plus one revision's events.

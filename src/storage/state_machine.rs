@@ -3,7 +3,8 @@
 //! Layout of the state-machine tree `sm-<gen>` (one tree so an entry applies as one
 //! atomic sled batch — a crash leaves it applied whole or not at all):
 //! - `k<key>` → [`Record`]
-//! - `m<name>` → metadata: applied log id, membership, last HLC, exactly-once count
+//! - `m<name>` → metadata: `mstate` ([`SmState`]: applied log id, last HLC, binlog chain
+//!   head and count, exactly-once count; one key written once per batch), membership
 //! - `d<request_id>` → [`DedupEntry`] (exactly-once table)
 //!   (its age order is kept in memory: [`DedupIndex`]; trees written before that held
 //!   an `e<wall_ns BE><request_id>` index, removed on open and skipped on install)
@@ -51,8 +52,12 @@ pub const SAGA_EVICT_PER_APPLY: usize = 16;
 const DEDUP: u8 = b'd';
 /// Prefix of the former on-disk expiry index of the exactly-once table (legacy).
 const LEGACY_EXPIRY: u8 = b'e';
-const APPLIED: &[u8] = b"mapplied";
 const MEMBERSHIP: &[u8] = b"mmembership";
+/// Key of [`SmState`]: everything that changes with every entry, in one key written
+/// once per committed batch.
+const STATE: &[u8] = b"mstate";
+// Legacy keys of the fields of `SmState`, merged into it on open and install.
+const APPLIED: &[u8] = b"mapplied";
 const LAST_HLC: &[u8] = b"mhlc";
 const DEDUP_COUNT: &[u8] = b"mdedup_count";
 /// Key in `raft_meta` of the active state-machine generation.
@@ -148,6 +153,56 @@ fn load_dedup_index(tree: &sled::Tree) -> Result<DedupIndex, StorageError> {
         let entry: DedupEntry = decode(&v)?;
         Ok((id.to_string(), entry.wall_ns))
     }))
+}
+
+/// What changes with every applied entry (one sled key instead of five: with one
+/// entry per batch, as at low load, the five keys were half of every batch's writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SmState {
+    /// The last applied log id.
+    applied: Option<LogId>,
+    /// The HLC of the last applied command.
+    last_hlc: Timestamp,
+    /// The chain hash of the last binlog event (zeros before the first).
+    chain: ChainHash,
+    /// Binlog events retained.
+    binlog_count: u64,
+    /// Ids in the exactly-once table.
+    dedup_count: u64,
+}
+
+/// The state of `tree`, from its state key or, for a tree written before it existed,
+/// from the legacy keys.
+fn read_state(tree: &sled::Tree) -> Result<SmState, StorageError> {
+    if let Some(s) = get_meta(tree, STATE)? {
+        return Ok(s);
+    }
+    Ok(SmState {
+        applied: get_meta::<Option<LogId>>(tree, APPLIED)?.flatten(),
+        last_hlc: get_meta(tree, LAST_HLC)?.unwrap_or_default(),
+        chain: get_meta(tree, binlog::CHAIN_KEY)?.unwrap_or([0; 16]),
+        binlog_count: get_meta(tree, binlog::COUNT_KEY)?.unwrap_or(0),
+        dedup_count: get_meta(tree, DEDUP_COUNT)?.unwrap_or(0),
+    })
+}
+
+/// Replace the legacy keys of `tree` by its state key (atomically).
+fn migrate_state(tree: &sled::Tree) -> Result<SmState, StorageError> {
+    let state = read_state(tree)?;
+    let legacy = [APPLIED, LAST_HLC, binlog::CHAIN_KEY, binlog::COUNT_KEY, DEDUP_COUNT];
+    let mut found = false;
+    for k in legacy {
+        found |= tree.contains_key(k)?;
+    }
+    if found {
+        let mut batch = sled::Batch::default();
+        batch.insert(STATE, encode(&state)?);
+        for k in legacy {
+            batch.remove(k);
+        }
+        tree.apply_batch(batch)?;
+    }
+    Ok(state)
 }
 
 fn tree_name(gen: u64) -> String {
@@ -283,7 +338,7 @@ impl SmReader {
 
     /// The chain hash of the last binlog event (zeros before the first).
     pub fn binlog_chain_head(&self) -> Result<ChainHash, StorageError> {
-        Ok(get_meta(&self.shared.tree(), binlog::CHAIN_KEY)?.unwrap_or([0; 16]))
+        Ok(read_state(&self.shared.tree())?.chain)
     }
 
     /// Read binlog events from position `from` on: at most `scan` events are looked at
@@ -340,9 +395,8 @@ impl SmReader {
     /// The applied index and HLC.
     pub fn applied(&self) -> Result<AppliedPoint, StorageError> {
         let tree = self.shared.tree();
-        let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
-        let hlc: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
-        Ok(AppliedPoint { revision: applied.map_or(0, |l| l.index), hlc })
+        let state = read_state(&tree)?;
+        Ok(AppliedPoint { revision: state.applied.map_or(0, |l| l.index), hlc: state.last_hlc })
     }
 }
 
@@ -358,6 +412,8 @@ pub struct StateMachine {
     retention: RetentionLimits,
     /// Ids of the exactly-once table by id and age.
     dedup_index: DedupIndex,
+    /// The tree's [`SmState`] with the entries applied into the open batch.
+    state: SmState,
     /// Cached front of the closed-saga index.
     closed: TimeIndex,
     /// Wall time of the oldest binlog event, when known (only trims remove events).
@@ -393,10 +449,9 @@ impl StateMachine {
         let tree = store.db().open_tree(&active)?;
         drop_legacy_expiry(&tree)?;
         let dedup_index = load_dedup_index(&tree)?;
-        let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
-        hlc.observe(last);
-        let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
-        let (applied, _) = tokio::sync::watch::channel(applied.map_or(0, |l| l.index));
+        let state = migrate_state(&tree)?;
+        hlc.observe(state.last_hlc);
+        let (applied, _) = tokio::sync::watch::channel(state.applied.map_or(0, |l| l.index));
         let shared = Arc::new(Shared { tree: RwLock::new(tree), applied });
         Ok(Self {
             store: store.clone(),
@@ -408,6 +463,7 @@ impl StateMachine {
             dedup_stats: Arc::default(),
             retention: RetentionLimits::default(),
             dedup_index,
+            state,
             closed: TimeIndex::new(SAGA_CLOSED),
             binlog_oldest_wall: None,
         })
@@ -432,7 +488,7 @@ impl StateMachine {
 
     /// The highest HLC applied so far (the persisted high-water mark).
     pub fn last_hlc(&self) -> Result<Timestamp, StorageError> {
-        Ok(get_meta(&self.shared.tree(), LAST_HLC)?.unwrap_or_default())
+        Ok(self.state.last_hlc)
     }
 
     fn apply_entry(
@@ -442,8 +498,8 @@ impl StateMachine {
     ) -> Result<ApplyResult, StorageError> {
         let log_id = entry.log_id;
         let revision = log_id.index;
-        let last_hlc: Timestamp = pending.get_decoded(LAST_HLC)?.unwrap_or_default();
-        pending.insert(APPLIED, encode(&Some(log_id))?);
+        let last_hlc = self.state.last_hlc;
+        self.state.applied = Some(log_id);
         let result = match &entry.payload {
             EntryPayload::Blank => {
                 ApplyResult { revision, hlc: last_hlc, outcome: Outcome::None, duplicate: false }
@@ -484,7 +540,7 @@ impl StateMachine {
                         }
                         self.forget_closed_sagas(pending, result.hlc.wall_ns)?;
                         self.append_events(pending, cmd, &result, effects.events)?;
-                        pending.insert(LAST_HLC, encode(&result.hlc)?);
+                        self.state.last_hlc = result.hlc;
                         if !cmd.request_id.is_empty() {
                             self.remember(pending, &cmd.request_id, &result)?;
                         }
@@ -531,17 +587,17 @@ impl StateMachine {
         if drafts.is_empty() {
             return Ok(());
         }
-        let prev: ChainHash = pending.get_decoded(binlog::CHAIN_KEY)?.unwrap_or([0; 16]);
+        let prev = self.state.chain;
         let (events, head) =
             binlog::seal(result.revision, result.hlc, &cmd.request_id, &cmd.trace_id, drafts, prev);
-        let mut count: u64 = pending.get_decoded(binlog::COUNT_KEY)?.unwrap_or(0);
+        let mut count = self.state.binlog_count;
         for e in &events {
             pending.insert(&binlog::event_key(e.revision, e.index)[..], encode(e)?);
         }
         count += events.len() as u64;
-        pending.insert(binlog::CHAIN_KEY, encode(&head)?);
+        self.state.chain = head;
         self.trim_events(pending, &mut count, result.hlc.wall_ns)?;
-        pending.insert(binlog::COUNT_KEY, encode(&count)?);
+        self.state.binlog_count = count;
         Ok(())
     }
 
@@ -606,7 +662,7 @@ impl StateMachine {
         let entry = DedupEntry { wall_ns: now, result: result.clone() };
         pending.insert(dedup_key(id), encode(&entry)?);
         self.dedup_index.insert(id, now);
-        let mut count: u64 = pending.get_decoded(DEDUP_COUNT)?.unwrap_or(0) + 1;
+        let mut count = self.state.dedup_count + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
         for _ in 0..DEDUP_EVICT_PER_APPLY {
             let full = count > self.dedup.max_entries;
@@ -621,7 +677,7 @@ impl StateMachine {
             stat.fetch_add(1, Ordering::Relaxed);
         }
         debug_assert_eq!(count, self.dedup_index.len() as u64, "dedup count vs index");
-        pending.insert(DEDUP_COUNT, encode(&count)?);
+        self.state.dedup_count = count;
         Ok(())
     }
 
@@ -633,6 +689,9 @@ impl StateMachine {
         done: &mut Vec<(Option<openraft::storage::ApplyResponder<TypeConfig>>, ApplyResult)>,
         last_index: Option<u64>,
     ) -> Result<(), StorageError> {
+        if last_index.is_some() {
+            pending.insert(STATE, encode(&self.state)?);
+        }
         pending.commit()?;
         if let Some(index) = last_index {
             self.shared.applied.send_replace(index);
@@ -680,7 +739,7 @@ impl StateMachine {
         &mut self,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
         let tree = self.shared.tree();
-        let last_log_id: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
+        let last_log_id = self.state.applied;
         let last_membership: StoredMembership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
         let meta = SnapshotMeta { last_log_id, last_membership };
         let path = write_snapshot(&self.store.snapshot_dir(), &meta, tree.iter())?;
@@ -722,7 +781,8 @@ impl StateMachine {
             }
         }
         tree.apply_batch(batch)?;
-        let applied: Option<LogId> = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
+        let state = migrate_state(&tree)?;
+        let applied = state.applied;
         if applied != meta.last_log_id {
             return Err(StorageError::Corrupt(format!(
                 "snapshot applied {applied:?} != meta {:?}",
@@ -740,8 +800,8 @@ impl StateMachine {
         self.dedup_index = load_dedup_index(&tree)?;
         self.closed.reset();
         self.binlog_oldest_wall = None;
-        let last: Timestamp = get_meta(&tree, LAST_HLC)?.unwrap_or_default();
-        self.hlc.observe(last);
+        self.state = state;
+        self.hlc.observe(state.last_hlc);
         self.shared.applied.send_replace(applied.map_or(0, |l| l.index));
         // Keep the installed snapshot as ours, so we can serve it to others.
         let name = super::snapshot::file_name(meta);
@@ -784,9 +844,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let tree = self.shared.tree();
-        let applied = get_meta::<Option<LogId>>(&tree, APPLIED)?.flatten();
         let membership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
-        Ok((applied, membership))
+        Ok((self.state.applied, membership))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -1095,6 +1154,34 @@ mod tests {
         let stats = one_by_one.sm.dedup_stats();
         assert!(stats.evicted.load(Ordering::Relaxed) + stats.expired.load(Ordering::Relaxed) > 0);
         assert!(one_by_one.sm.reader().binlog_oldest().expect("oldest") > 1, "trimmed");
+    }
+
+    #[tokio::test]
+    async fn legacy_state_keys_are_merged_on_open() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        f.put(100, "a", "k").await;
+        f.put(101, "b", "k").await;
+        let tree = f.sm.shared.tree();
+        let state = read_state(&tree).expect("state");
+        // Rewrite the tree as an older version left it: five keys, no state key.
+        tree.remove(STATE).expect("remove");
+        tree.insert(APPLIED, encode(&state.applied).expect("enc")).expect("insert");
+        tree.insert(LAST_HLC, encode(&state.last_hlc).expect("enc")).expect("insert");
+        tree.insert(binlog::CHAIN_KEY, encode(&state.chain).expect("enc")).expect("insert");
+        tree.insert(binlog::COUNT_KEY, encode(&state.binlog_count).expect("enc")).expect("insert");
+        tree.insert(DEDUP_COUNT, encode(&state.dedup_count).expect("enc")).expect("insert");
+        let before = all_events(&f.sm);
+        f.reopen();
+        let tree = f.sm.shared.tree();
+        assert_eq!(read_state(&tree).expect("state"), state);
+        assert!(!tree.contains_key(APPLIED).expect("get"), "legacy keys removed");
+        assert_eq!(f.sm.reader().applied().expect("applied").revision, 2);
+        f.put(102, "a", "k").await; // a retry: still deduplicated
+        assert_eq!(f.version("k"), 2);
+        f.put(103, "c", "k").await;
+        let after = all_events(&f.sm);
+        assert_eq!(after.len(), before.len() + 1);
+        assert_eq!(after[2].chain_hash, binlog::chain_hash(&before[1].chain_hash, &after[2]));
     }
 
     #[tokio::test]
