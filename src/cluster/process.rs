@@ -682,7 +682,16 @@ impl LocalCluster {
                 }
             }
             let observation = seen.join("; ");
-            // Nodes not initialised yet (standbys waiting to be added) have no say.
+            // An initial member that has not learned the membership yet must catch up
+            // first (a request it got now would fail NOT_INITIALIZED); standbys waiting
+            // to be added have no say.
+            let standby = |id: &u64| self.manifest.nodes.iter().any(|n| n.id == *id && n.standby);
+            let behind = statuses
+                .iter()
+                .any(|(id, s)| s.as_ref().is_ok_and(|s| !s.initialized) && !standby(id));
+            if behind {
+                return Err(format!("{observation} (a member is not initialised yet)"));
+            }
             let leaders: Vec<u64> = statuses
                 .values()
                 .flatten()
