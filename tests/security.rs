@@ -511,6 +511,15 @@ async fn rate_limited_client_backs_off_and_completes_and_metrics_move() {
     moved("meridian_raft_commit_index", &[]);
     moved("meridian_raft_applied_index", &[]);
     moved("meridian_log_fsync_duration_seconds_count", &[]);
+    moved("meridian_apply_batch_duration_seconds_count", &[]);
+    moved("meridian_applied_entries_total", &[]);
+    // alice's linearizable get took a shared read barrier on whichever node served it.
+    let mut barrier_reads = 0.0;
+    for id in cluster.ids() {
+        let addr = cluster.metrics_addr(id).expect("metrics addr");
+        barrier_reads += sample(&scrape(addr).await, "meridian_read_barrier_readers_total", &[]);
+    }
+    assert!(barrier_reads >= 1.0, "no read barrier recorded on any node");
     assert!(sample(&after, "meridian_raft_term", &[]) >= 1.0, "{after}");
     assert!(sample(&after, "meridian_raft_is_leader", &[]) == 1.0, "{after}");
     assert!(after.contains("meridian_raft_proposals_in_flight"), "{after}");

@@ -243,6 +243,8 @@ impl NodeCore {
         let mut guard = read_batch::RunnerGuard(&self.reads, false);
         while let Some(batch) = self.reads.next_round() {
             let deadline = read_batch::round_deadline(&batch).unwrap_or_else(Instant::now);
+            metrics::counter!("meridian_read_barrier_rounds_total").increment(1);
+            metrics::counter!("meridian_read_barrier_readers_total").increment(batch.len() as u64);
             let res = self.linearizable_barrier(deadline).await;
             read_batch::answer(batch, &res);
         }

@@ -692,7 +692,14 @@ impl StateMachine {
         if last_index.is_some() {
             pending.insert(STATE, encode(&self.state)?);
         }
+        let started = std::time::Instant::now();
         pending.commit()?;
+        if !done.is_empty() {
+            metrics::histogram!("meridian_apply_batch_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("meridian_apply_batches_total").increment(1);
+            metrics::counter!("meridian_applied_entries_total").increment(done.len() as u64);
+        }
         if let Some(index) = last_index {
             self.shared.applied.send_replace(index);
         }
