@@ -1,42 +1,258 @@
-//! A write overlay over one sled tree: the changes of many applied entries, committed
-//! as one atomic sled batch.
+//! Write overlays over the state-machine tree.
 //!
-//! Applying every committed entry as its own sled batch made the per-batch cost of
-//! sled (its log reservation, page updates and io-thread work) the largest CPU cost of
-//! a write. The state machine now applies all entries of one `apply()` call (bounded by
-//! [`MAX_PENDING_ENTRIES`] and [`MAX_PENDING_BYTES`]) into a [`Pending`] overlay and
-//! commits it once.
+//! Two layers sit above sled:
+//! - [`Pending`]: the writes of the entries of one `apply()` call (bounded by
+//!   [`MAX_PENDING_ENTRIES`] and [`MAX_PENDING_BYTES`]), private to the state machine
+//!   until the call publishes them;
+//! - [`Overlay`]: published writes not yet in sled, shared with readers, written to
+//!   sled as one atomic batch when it holds [`FLUSH_ENTRIES`] entries or
+//!   [`FLUSH_BYTES`] bytes (and before a snapshot is taken).
 //!
-//! Invariant: every read through the overlay (point reads and ordered scans) sees
-//! exactly the state the tree would have if each earlier write had been applied on its
-//! own. Apply stays a pure function of the log, so where batch boundaries fall (they
-//! differ between replicas) never changes what any replica computes.
+//! Why: every sled batch rolls sled's io buffer twice and hands each write to sled's
+//! io thread pool, which wakes all of its idle threads (`notify_all`); a batch cost
+//! ~20 context switches on every node. With one batch per `apply()` call that was most
+//! of the CPU of a write at low concurrency and 0.25-0.35 ms on the critical path of
+//! every write at one client (docs/PERFORMANCE.md). Sled holds the state machine only
+//! as a cache of the Raft log anyway: it is not synced per batch, and after a crash
+//! the node re-applies the log from the applied index that sled recovered, so keeping
+//! applied entries in memory a little longer changes nothing about durability (the
+//! log is purged only after a snapshot, which flushes the overlay first).
+//!
+//! Invariants:
+//! - every read through the layers (point reads and ordered scans) sees exactly the
+//!   state the tree would have if each earlier write had been applied on its own, so
+//!   apply stays a pure function of the log and batch boundaries (which differ
+//!   between replicas) never change what any replica computes;
+//! - readers see whole `apply()` calls: a call's writes become visible together;
+//! - only the state-machine task publishes and flushes, and a flush keeps the flushed
+//!   writes visible in the overlay until sled holds all of them, so a reader that
+//!   misses the overlay finds a value at least as new in the tree.
 
-use std::collections::btree_map;
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Deserialize;
 
 use super::{decode, StorageError};
 
-/// Max entries applied into one overlay before it is committed.
+/// Max entries applied into one [`Pending`] before the call publishes it.
 pub const MAX_PENDING_ENTRIES: usize = 1_024;
-/// Max bytes of keys and values held by one overlay before it is committed.
+/// Max bytes of keys and values held by one [`Pending`] before it is published.
 pub const MAX_PENDING_BYTES: usize = 8 << 20;
+/// The [`Overlay`] is written to sled once it holds this many applied entries.
+pub const FLUSH_ENTRIES: usize = 256;
+/// The [`Overlay`] is written to sled once it holds this many bytes.
+pub const FLUSH_BYTES: usize = 4 << 20;
+/// Keys copied from the overlay per lock acquisition by a scan of the apply task.
+const CURSOR_CHUNK: usize = 64;
 
-/// Buffered writes over `tree`: `Some(value)` is an insert, `None` a removal.
-pub struct Pending {
-    tree: sled::Tree,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+/// Buffered writes: `Some(value)` is an insert, `None` a removal.
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// One key of a scan: `None` hides the key of a lower layer.
+type Item = Result<(Vec<u8>, Option<Vec<u8>>), StorageError>;
+
+#[derive(Default)]
+struct Published {
+    writes: Writes,
+    entries: usize,
     bytes: usize,
 }
 
-impl Pending {
-    /// An empty overlay over `tree`.
-    pub fn new(tree: sled::Tree) -> Self {
-        Self { tree, writes: BTreeMap::new(), bytes: 0 }
+/// Applied writes that are not in sled yet, shared by the state machine and readers.
+#[derive(Default)]
+pub struct Overlay {
+    published: RwLock<Published>,
+    /// Held across a whole flush, and by anything else that writes the tree directly.
+    flushing: Mutex<()>,
+}
+
+impl Overlay {
+    fn read(&self) -> RwLockReadGuard<'_, Published> {
+        // A poisoned lock holds consistent data: every writer replaces whole maps.
+        self.published.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Published> {
+        self.published.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hold off flushes (for a direct write to the tree that must not be undone by a
+    /// flush of an older overlay value).
+    pub fn lock_flushes(&self) -> MutexGuard<'_, ()> {
+        self.flushing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` of `key`'s overlay state (`Some(None)`: removed), or None when the overlay
+    /// does not hold `key`.
+    fn with<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Option<T> {
+        self.read().writes.get(key).map(|v| f(v.as_deref()))
+    }
+
+    /// Run `f` on the current value of `key` (the overlay's, else the tree's).
+    pub fn get_with<T>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<T, StorageError>,
+    ) -> Result<Option<T>, StorageError> {
+        let mut f = Some(f);
+        let held = self.with(key, |v| match (v, f.take()) {
+            (Some(v), Some(f)) => f(v).map(Some),
+            _ => Ok(None),
+        });
+        match (held, f) {
+            (Some(r), _) => r,
+            // Not in the overlay: the tree holds this value or a newer one.
+            (None, Some(f)) => match tree.get(key)? {
+                Some(v) => f(&v).map(Some),
+                None => Ok(None),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Live keys and values in `[lo, hi)`: the overlay's range is copied up front (it
+    /// is bounded), so every key is at least as new as when the scan started.
+    pub fn range(&self, tree: &sled::Tree, lo: &[u8], hi: &[u8]) -> Merged<'static> {
+        let copied: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
+            let p = self.read();
+            p.writes.range::<[u8], _>(bounds(lo, hi)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        Merged::new(vec![Box::new(copied.into_iter().map(Ok)), tree_source(tree, lo, hi)])
+    }
+
+    /// Make the writes of `entries` applied entries visible to readers.
+    fn publish(&self, writes: Writes, entries: usize, bytes: usize) {
+        let mut p = self.write();
+        if p.writes.is_empty() {
+            p.writes = writes;
+        } else {
+            p.writes.extend(writes);
+        }
+        p.entries += entries;
+        p.bytes += bytes;
+    }
+
+    /// True when the overlay is due to be written to sled.
+    pub fn due(&self) -> bool {
+        let p = self.read();
+        p.entries >= FLUSH_ENTRIES || p.bytes >= FLUSH_BYTES
+    }
+
+    /// Write the overlay to `tree` as one atomic batch, then drop it. Returns the
+    /// number of entries written (0: nothing to do). State-machine task only.
+    pub fn flush(&self, tree: &sled::Tree) -> Result<usize, StorageError> {
+        let _flushing = self.lock_flushes();
+        let (batch, entries) = {
+            let p = self.read();
+            if p.writes.is_empty() {
+                return Ok(0);
+            }
+            let mut batch = sled::Batch::default();
+            for (k, v) in &p.writes {
+                match v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+            }
+            (batch, p.entries)
+        };
+        // Readers keep finding these writes in the overlay until sled has them all.
+        tree.apply_batch(batch)?;
+        *self.write() = Published::default();
+        Ok(entries)
+    }
+
+    /// Drop everything unflushed, running `swap` (which replaces the tree) while no
+    /// reader can look at the overlay. For a snapshot install, which supersedes it.
+    pub fn discard_with(&self, swap: impl FnOnce()) {
+        let _flushing = self.lock_flushes();
+        let mut p = self.write();
+        swap();
+        *p = Published::default();
+    }
+
+    /// Replace `key`'s value wherever it currently lives (overlay and tree), keeping
+    /// flushes off meanwhile. Fault injection only.
+    pub fn overwrite(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let _flushing = self.lock_flushes();
+        let mut p = self.write();
+        if let Some(v) = p.writes.get_mut(key) {
+            *v = Some(value.clone());
+        }
+        tree.insert(key, value)?;
+        Ok(())
+    }
+}
+
+fn bounds<'a>(lo: &'a [u8], hi: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (Bound::Included(lo), Bound::Excluded(hi))
+}
+
+fn tree_source<'a>(tree: &sled::Tree, lo: &[u8], hi: &[u8]) -> Source<'a> {
+    Box::new(tree.range::<&[u8], _>(lo..hi).map(|kv| match kv {
+        Ok((k, v)) => Ok((k.to_vec(), Some(v.to_vec()))),
+        Err(e) => Err(e.into()),
+    }))
+}
+
+/// Scans the overlay in chunks (the apply task is its only writer, so the chunks
+/// fit together).
+struct Cursor<'a> {
+    overlay: &'a Overlay,
+    next: Option<Vec<u8>>,
+    hi: Vec<u8>,
+    buf: std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Iterator for Cursor<'_> {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        if let Some(kv) = self.buf.next() {
+            return Some(Ok(kv));
+        }
+        let from = self.next.take()?;
+        let chunk: Vec<_> = {
+            let p = self.overlay.read();
+            p.writes
+                .range::<[u8], _>((Bound::Included(from.as_slice()), Bound::Excluded(self.hi.as_slice())))
+                .take(CURSOR_CHUNK)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if chunk.len() == CURSOR_CHUNK {
+            // The smallest key after the chunk's last.
+            self.next = chunk.last().map(|(k, _)| {
+                let mut n = k.clone();
+                n.push(0);
+                n
+            });
+        }
+        self.buf = chunk.into_iter();
+        self.buf.next().map(Ok)
+    }
+}
+
+/// The writes of the entries of one `apply()` call, over the [`Overlay`] and the tree.
+pub struct Pending<'a> {
+    tree: sled::Tree,
+    overlay: &'a Overlay,
+    writes: Writes,
+    bytes: usize,
+}
+
+impl<'a> Pending<'a> {
+    /// An empty buffer over `overlay` and `tree`.
+    pub fn new(tree: sled::Tree, overlay: &'a Overlay) -> Self {
+        Self { tree, overlay, writes: BTreeMap::new(), bytes: 0 }
     }
 
     /// Bytes of keys and values buffered (an upper bound: overwrites are counted again).
@@ -44,7 +260,8 @@ impl Pending {
         self.bytes
     }
 
-    /// Run `f` on the current value of `key` (the overlay's, else the tree's).
+    /// Run `f` on the current value of `key` (this buffer's, else the overlay's, else
+    /// the tree's).
     pub fn get_with<T>(
         &self,
         key: &[u8],
@@ -53,15 +270,12 @@ impl Pending {
         match self.writes.get(key) {
             Some(Some(v)) => f(v).map(Some),
             Some(None) => Ok(None),
-            None => match self.tree.get(key)? {
-                Some(v) => f(&v).map(Some),
-                None => Ok(None),
-            },
+            None => self.overlay.get_with(&self.tree, key, f),
         }
     }
 
     /// The current value of `key`, decoded.
-    pub fn get_decoded<T: for<'a> Deserialize<'a>>(
+    pub fn get_decoded<T: for<'b> Deserialize<'b>>(
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
@@ -83,38 +297,42 @@ impl Pending {
     }
 
     /// Live keys and values in `[lo, hi)`, in key order, as the tree would hold them
-    /// after the buffered writes.
+    /// after every buffered and published write.
     pub fn range(&self, lo: &[u8], hi: &[u8]) -> Merged<'_> {
-        let bounds = (Bound::Included(lo.to_vec()), Bound::Excluded(hi.to_vec()));
-        Merged {
-            tree: self.tree.range::<&[u8], _>(lo..hi).peekable(),
-            writes: self.writes.range::<Vec<u8>, _>(bounds).peekable(),
-        }
+        let mine = self
+            .writes
+            .range::<[u8], _>(bounds(lo, hi))
+            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        let published = Cursor {
+            overlay: self.overlay,
+            next: Some(lo.to_vec()),
+            hi: hi.to_vec(),
+            buf: Vec::new().into_iter(),
+        };
+        Merged::new(vec![Box::new(mine), Box::new(published), tree_source(&self.tree, lo, hi)])
     }
 
-    /// Write everything buffered to the tree as one atomic batch and start empty.
-    pub fn commit(&mut self) -> Result<(), StorageError> {
-        if self.writes.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for (k, v) in std::mem::take(&mut self.writes) {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        self.bytes = 0;
-        self.tree.apply_batch(batch)?;
-        Ok(())
+    /// Hand the buffered writes of `entries` applied entries to the overlay (readers
+    /// see them from now on) and start empty.
+    pub fn publish(&mut self, entries: usize) {
+        let writes = std::mem::take(&mut self.writes);
+        self.overlay.publish(writes, entries, std::mem::take(&mut self.bytes));
     }
 }
 
-/// Ordered merge of a tree range and the overlay's writes in that range; the overlay
-/// wins on equal keys and its removals hide the tree's keys.
+/// One sorted source of a merged scan.
+type Source<'a> = Box<dyn Iterator<Item = Item> + Send + 'a>;
+
+/// Ordered merge of sorted sources, the first source winning on equal keys; a `None`
+/// value hides the key in every later source.
 pub struct Merged<'a> {
-    tree: Peekable<sled::Iter>,
-    writes: Peekable<btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>>>,
+    sources: Vec<Peekable<Source<'a>>>,
+}
+
+impl<'a> Merged<'a> {
+    fn new(sources: Vec<Source<'a>>) -> Self {
+        Self { sources: sources.into_iter().map(Iterator::peekable).collect() }
+    }
 }
 
 impl Iterator for Merged<'_> {
@@ -122,42 +340,38 @@ impl Iterator for Merged<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let tree_key = match self.tree.peek() {
-                Some(Ok((k, _))) => Some(k.clone()),
-                Some(Err(_)) => {
-                    return match self.tree.next() {
-                        Some(Err(e)) => Some(Err(e.into())),
-                        _ => None,
+            // The smallest next key, and the first source holding it.
+            let mut best: Option<(usize, &[u8])> = None;
+            for (i, s) in self.sources.iter_mut().enumerate() {
+                match s.peek() {
+                    Some(Ok((k, _))) => {
+                        if best.is_none_or(|(_, b)| k.as_slice() < b) {
+                            best = Some((i, k.as_slice()));
+                        }
                     }
-                }
-                None => None,
-            };
-            let write_key = self.writes.peek().map(|(k, _)| k.as_slice());
-            let take_write = match (&tree_key, write_key) {
-                (None, None) => return None,
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some(t), Some(w)) => {
-                    if w == t.as_ref() {
-                        // The overlay shadows the tree's value of this key.
-                        self.tree.next();
-                        true
-                    } else {
-                        w < t.as_ref()
+                    Some(Err(_)) => {
+                        return match s.next() {
+                            Some(Err(e)) => Some(Err(e)),
+                            _ => None,
+                        }
                     }
-                }
-            };
-            if take_write {
-                let (k, v) = self.writes.next()?;
-                match v {
-                    Some(v) => return Some(Ok((k.clone(), v.clone()))),
-                    None => continue,
+                    None => {}
                 }
             }
-            return match self.tree.next()? {
-                Ok((k, v)) => Some(Ok((k.to_vec(), v.to_vec()))),
-                Err(e) => Some(Err(e.into())),
-            };
+            let (winner, key) = best.map(|(i, k)| (i, k.to_vec()))?;
+            let mut value = None;
+            for (i, s) in self.sources.iter_mut().enumerate() {
+                if matches!(s.peek(), Some(Ok((k, _))) if *k == key) {
+                    if let Some(Ok((_, v))) = s.next() {
+                        if i == winner {
+                            value = v;
+                        }
+                    }
+                }
+            }
+            if let Some(v) = value {
+                return Some(Ok((key, v)));
+            }
         }
     }
 }
@@ -173,52 +387,126 @@ mod tests {
         (dir, t)
     }
 
-    fn keys(p: &Pending, lo: &[u8], hi: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        p.range(lo, hi).collect::<Result<_, _>>().expect("range")
+    fn collect(m: Merged<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        m.collect::<Result<_, _>>().expect("range")
     }
 
     #[test]
-    fn reads_see_buffered_writes_and_removals() {
+    fn reads_see_buffered_and_published_writes_until_the_tree_has_them() {
         let (_d, t) = tree();
         t.insert(b"a", b"1").expect("insert");
         t.insert(b"b", b"2").expect("insert");
-        let mut p = Pending::new(t.clone());
+        let o = Overlay::default();
+        let mut p = Pending::new(t.clone(), &o);
         p.insert(b"a".to_vec(), b"10".to_vec());
         p.remove(b"b".to_vec());
         p.insert(b"c".to_vec(), b"3".to_vec());
-        let get = |k: &[u8]| p.get_with(k, |v| Ok(v.to_vec())).expect("get");
-        assert_eq!(get(b"a"), Some(b"10".to_vec()));
-        assert_eq!(get(b"b"), None);
-        assert_eq!(get(b"c"), Some(b"3".to_vec()));
-        assert_eq!(t.get(b"a").expect("get").as_deref(), Some(&b"1"[..]), "tree untouched");
-        p.commit().expect("commit");
+        let get = |p: &Pending<'_>, k: &[u8]| p.get_with(k, |v| Ok(v.to_vec())).expect("get");
+        assert_eq!(get(&p, b"a"), Some(b"10".to_vec()));
+        assert_eq!(get(&p, b"b"), None);
+        assert_eq!(get(&p, b"c"), Some(b"3".to_vec()));
+        let read = |k: &[u8]| o.get_with(&t, k, |v| Ok(v.to_vec())).expect("get");
+        assert_eq!(read(b"a"), Some(b"1".to_vec()), "readers do not see an unpublished call");
+        p.publish(3);
         assert_eq!(p.bytes(), 0);
+        assert_eq!(read(b"a"), Some(b"10".to_vec()));
+        assert_eq!(read(b"b"), None);
+        assert_eq!(t.get(b"a").expect("get").as_deref(), Some(&b"1"[..]), "tree untouched");
+        assert!(!o.due());
+        assert_eq!(o.flush(&t).expect("flush"), 3);
+        assert_eq!(o.flush(&t).expect("flush"), 0, "nothing left");
         assert_eq!(t.get(b"a").expect("get").as_deref(), Some(&b"10"[..]));
         assert_eq!(t.get(b"b").expect("get"), None);
         assert_eq!(t.get(b"c").expect("get").as_deref(), Some(&b"3"[..]));
+        assert_eq!(read(b"c"), Some(b"3".to_vec()));
     }
 
     #[test]
-    fn ranges_merge_in_order_and_hide_removed_keys() {
+    fn ranges_merge_three_layers_in_order_and_hide_removed_keys() {
         let (_d, t) = tree();
         for k in [&b"k1"[..], b"k3", b"k5", b"k7", b"z"] {
             t.insert(k, k).expect("insert");
         }
-        let mut p = Pending::new(t);
+        let o = Overlay::default();
+        let mut p = Pending::new(t.clone(), &o);
         p.remove(b"k1".to_vec());
+        p.insert(b"k5".to_vec(), b"o5".to_vec());
+        p.insert(b"k6".to_vec(), b"o6".to_vec());
+        p.publish(1);
         p.insert(b"k2".to_vec(), b"n2".to_vec());
         p.insert(b"k5".to_vec(), b"n5".to_vec());
+        p.remove(b"k6".to_vec());
         p.remove(b"k7".to_vec());
         p.insert(b"k8".to_vec(), b"n8".to_vec());
-        p.remove(b"k9".to_vec()); // absent in the tree: nothing to hide
-        let got = keys(&p, b"k", b"l");
+        p.remove(b"k9".to_vec()); // absent below: nothing to hide
         let want: Vec<(Vec<u8>, Vec<u8>)> = vec![
             (b"k2".to_vec(), b"n2".to_vec()),
             (b"k3".to_vec(), b"k3".to_vec()),
             (b"k5".to_vec(), b"n5".to_vec()),
             (b"k8".to_vec(), b"n8".to_vec()),
         ];
-        assert_eq!(got, want);
-        assert_eq!(keys(&p, b"k3", b"k6").len(), 2, "bounds apply to both sides");
+        assert_eq!(collect(p.range(b"k", b"l")), want);
+        assert_eq!(collect(p.range(b"k3", b"k6")).len(), 2, "bounds apply to every layer");
+        let published: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"k3".to_vec(), b"k3".to_vec()),
+            (b"k5".to_vec(), b"o5".to_vec()),
+            (b"k6".to_vec(), b"o6".to_vec()),
+            (b"k7".to_vec(), b"k7".to_vec()),
+        ];
+        assert_eq!(collect(o.range(&t, b"k", b"l")), published, "readers see published only");
+    }
+
+    /// Random writes, publishes and flushes across the three layers, every read and
+    /// scan checked against a plain map that applies each write at once.
+    #[test]
+    fn every_layering_reads_like_one_map() {
+        let (_d, t) = tree();
+        let o = Overlay::default();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut p = Pending::new(t.clone(), &o);
+        let mut state: u64 = 11;
+        let mut rand = move |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        for step in 0..20_000u32 {
+            let key = format!("k{:03}", rand(200)).into_bytes();
+            match rand(20) {
+                0..=9 => {
+                    let v = format!("v{step}").into_bytes();
+                    p.insert(key.clone(), v.clone());
+                    model.insert(key, v);
+                }
+                10..=14 => {
+                    p.remove(key.clone());
+                    model.remove(&key);
+                }
+                15 => p.publish(1),
+                16 => {
+                    o.flush(&t).expect("flush");
+                }
+                _ => {
+                    let got = p.get_with(&key, |v| Ok(v.to_vec())).expect("get");
+                    assert_eq!(got.as_ref(), model.get(&key), "get at step {step}");
+                    let lo = format!("k{:03}", rand(200)).into_bytes();
+                    let hi = format!("k{:03}", rand(210)).into_bytes();
+                    let want: Vec<_> = if lo < hi {
+                        model.range(lo.clone()..hi.clone()).map(|(k, v)| (k.clone(), v.clone())).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let got = if lo < hi { collect(p.range(&lo, &hi)) } else { Vec::new() };
+                    assert_eq!(got, want, "range at step {step}");
+                }
+            }
+        }
+        p.publish(1);
+        o.flush(&t).expect("flush");
+        let tree: BTreeMap<Vec<u8>, Vec<u8>> = t
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .expect("dump");
+        assert_eq!(tree, model);
     }
 }

@@ -19,10 +19,13 @@
 //! than its window (both evaluated on replicated HLC time, so every replica keeps
 //! exactly the same table).
 //!
-//! Entries are applied into a [`Pending`] overlay and committed as one sled batch per
-//! `apply()` call (bounded), so a crash leaves a prefix of whole entries applied.
+//! Entries are applied into a [`Pending`] buffer, published to the shared [`Overlay`]
+//! at the end of every `apply()` call and written to sled as one atomic batch every
+//! [`super::pending::FLUSH_ENTRIES`] entries, so a crash leaves a prefix of whole
+//! entries applied (the rest is re-applied from the Raft log).
 //!
-//! Readers ([`SmReader`]) read sled concurrently with apply; they see each batch whole.
+//! Readers ([`SmReader`]) read the overlay, then sled, concurrently with apply; they
+//! see each `apply()` call whole.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::{apply_command, StateView};
 use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
 use super::dedup_index::DedupIndex;
-use super::pending::{Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
+use super::pending::{Overlay, Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
 use super::snapshot::{write_snapshot, SnapshotReader};
 use super::time_index::TimeIndex;
 use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -209,9 +212,11 @@ fn tree_name(gen: u64) -> String {
     format!("sm-{gen}")
 }
 
-/// The active tree, shared between the state machine and readers.
+/// The active tree and the applied writes not yet in it, shared between the state
+/// machine and readers.
 struct Shared {
     tree: RwLock<sled::Tree>,
+    overlay: Overlay,
     /// The last applied revision, published after every applied batch (binlog readers
     /// wait on it instead of polling).
     applied: tokio::sync::watch::Sender<u64>,
@@ -221,6 +226,42 @@ impl Shared {
     fn tree(&self) -> sled::Tree {
         // A poisoned lock still holds a valid tree handle.
         self.tree.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Run `f` on the current value of `key`.
+    fn get_with<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<T, StorageError>,
+    ) -> Result<Option<T>, StorageError> {
+        self.overlay.get_with(&self.tree(), key, f)
+    }
+
+    fn get_meta<T: for<'a> Deserialize<'a>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        self.get_with(key, decode)
+    }
+
+    /// Live keys and values in `[lo, hi)`.
+    fn range(&self, lo: &[u8], hi: &[u8]) -> super::pending::Merged<'static> {
+        self.overlay.range(&self.tree(), lo, hi)
+    }
+
+    /// The current state, from its state key.
+    fn state(&self) -> Result<SmState, StorageError> {
+        // The tree was migrated on open or install: the state key is there.
+        Ok(self.get_meta(STATE)?.unwrap_or_default())
+    }
+
+    /// Write the overlay to sled; returns the entries written.
+    fn flush(&self) -> Result<usize, StorageError> {
+        let started = std::time::Instant::now();
+        let entries = self.overlay.flush(&self.tree())?;
+        if entries > 0 {
+            metrics::histogram!("meridian_apply_batch_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("meridian_apply_batches_total").increment(1);
+        }
+        Ok(entries)
     }
 }
 
@@ -237,13 +278,6 @@ fn decode_record(b: &[u8]) -> Result<Record, StorageError> {
     Ok(r)
 }
 
-fn read_record(tree: &sled::Tree, key: &[u8]) -> Result<Option<Record>, StorageError> {
-    tree.get(rec_key(key))?.map(|b| decode_record(&b)).transpose()
-}
-
-fn read_saga(tree: &sled::Tree, id: &str) -> Result<Option<Saga>, StorageError> {
-    get_meta(tree, &saga_key(id))
-}
 
 /// A page of binlog events read by [`SmReader::read_events`].
 #[derive(Debug, Clone, Default)]
@@ -292,7 +326,7 @@ pub struct AppliedPoint {
 impl SmReader {
     /// The record of `key`, if present.
     pub fn get(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
-        read_record(&self.shared.tree(), key)
+        self.shared.get_with(&rec_key(key), decode_record)
     }
 
     /// Records with keys in `[start, end)` (end None = unbounded), at most `limit`.
@@ -302,14 +336,13 @@ impl SmReader {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Record>, StorageError> {
-        let tree = self.shared.tree();
         let lo = rec_key(start);
         let hi = match end {
             Some(e) => rec_key(e),
             None => vec![REC + 1],
         };
         let mut out = Vec::new();
-        for kv in tree.range(lo..hi) {
+        for kv in self.shared.range(&lo, &hi) {
             if out.len() >= limit {
                 break;
             }
@@ -323,7 +356,7 @@ impl SmReader {
 
     /// The saga `id`, if any.
     pub fn saga(&self, id: &str) -> Result<Option<Saga>, StorageError> {
-        read_saga(&self.shared.tree(), id)
+        self.shared.get_meta(&saga_key(id))
     }
 
     /// A receiver of the last applied revision (changes after every applied batch).
@@ -333,12 +366,12 @@ impl SmReader {
 
     /// The oldest retained binlog revision (at least 1).
     pub fn binlog_oldest(&self) -> Result<u64, StorageError> {
-        Ok(get_meta::<u64>(&self.shared.tree(), binlog::FLOOR_KEY)?.unwrap_or(0).max(1))
+        Ok(self.shared.get_meta::<u64>(binlog::FLOOR_KEY)?.unwrap_or(0).max(1))
     }
 
     /// The chain hash of the last binlog event (zeros before the first).
     pub fn binlog_chain_head(&self) -> Result<ChainHash, StorageError> {
-        Ok(read_state(&self.shared.tree())?.chain)
+        Ok(self.shared.state()?.chain)
     }
 
     /// Read binlog events from position `from` on: at most `scan` events are looked at
@@ -351,11 +384,10 @@ impl SmReader {
         limit: usize,
         filter: impl Fn(&BinlogEvent) -> bool,
     ) -> Result<EventPage, BinlogReadError> {
-        let tree = self.shared.tree();
         let mut page = EventPage { events: Vec::new(), next: from, at_end: true };
-        let lo = binlog::event_key(from.0, from.1).to_vec();
-        let hi = [binlog::EVENT_PREFIX + 1].to_vec();
-        for (scanned, kv) in tree.range(lo..hi).enumerate() {
+        let lo = binlog::event_key(from.0, from.1);
+        let hi = [binlog::EVENT_PREFIX + 1];
+        for (scanned, kv) in self.shared.range(&lo, &hi).enumerate() {
             if scanned >= scan || page.events.len() >= limit {
                 page.at_end = false;
                 break;
@@ -371,7 +403,7 @@ impl SmReader {
         }
         // Read the floor after the events: trims only move it up, atomically with the
         // removal, so a floor still <= from proves nothing at or after `from` was lost.
-        let floor: u64 = get_meta(&tree, binlog::FLOOR_KEY)?.unwrap_or(0);
+        let floor: u64 = self.shared.get_meta(binlog::FLOOR_KEY)?.unwrap_or(0);
         if from.0 < floor {
             return Err(BinlogReadError::Compacted { requested: from.0, oldest: floor });
         }
@@ -383,19 +415,17 @@ impl SmReader {
     /// [`Record::check`]), without Raft and without a binlog event. The replica
     /// silently diverges. Returns whether the key existed (nothing is written if not).
     pub fn corrupt_record(&self, key: &[u8], value: &[u8]) -> Result<bool, StorageError> {
-        let tree = self.shared.tree();
-        let Some(mut r) = read_record(&tree, key)? else { return Ok(false) };
+        let Some(mut r) = self.get(key)? else { return Ok(false) };
         r.value = value.to_vec();
         r.hash = crate::record::value_hash(value);
         r.check().map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        tree.insert(rec_key(key), encode(&r)?)?;
+        self.shared.overlay.overwrite(&self.shared.tree(), &rec_key(key), encode(&r)?)?;
         Ok(true)
     }
 
     /// The applied index and HLC.
     pub fn applied(&self) -> Result<AppliedPoint, StorageError> {
-        let tree = self.shared.tree();
-        let state = read_state(&tree)?;
+        let state = self.shared.state()?;
         Ok(AppliedPoint { revision: state.applied.map_or(0, |l| l.index), hlc: state.last_hlc })
     }
 }
@@ -422,9 +452,9 @@ pub struct StateMachine {
 
 /// The state an entry applies on: the tree plus the writes of earlier entries of the
 /// same batch.
-struct PendingView<'a>(&'a Pending);
+struct PendingView<'a, 'b>(&'a Pending<'b>);
 
-impl StateView for PendingView<'_> {
+impl StateView for PendingView<'_, '_> {
     fn record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
         self.0.get_with(&rec_key(key), decode_record)
     }
@@ -452,7 +482,7 @@ impl StateMachine {
         let state = migrate_state(&tree)?;
         hlc.observe(state.last_hlc);
         let (applied, _) = tokio::sync::watch::channel(state.applied.map_or(0, |l| l.index));
-        let shared = Arc::new(Shared { tree: RwLock::new(tree), applied });
+        let shared = Arc::new(Shared { tree: RwLock::new(tree), overlay: Overlay::default(), applied });
         Ok(Self {
             store: store.clone(),
             raft_meta,
@@ -493,7 +523,7 @@ impl StateMachine {
 
     fn apply_entry(
         &mut self,
-        pending: &mut Pending,
+        pending: &mut Pending<'_>,
         entry: &Entry,
     ) -> Result<ApplyResult, StorageError> {
         let log_id = entry.log_id;
@@ -557,7 +587,7 @@ impl StateMachine {
     /// gone too), at most [`SAGA_EVICT_PER_APPLY`] per entry.
     fn forget_closed_sagas(
         &mut self,
-        pending: &mut Pending,
+        pending: &mut Pending<'_>,
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
         let cutoff = now_wall_ns.saturating_sub(self.retention.max_age_ns);
@@ -579,7 +609,7 @@ impl StateMachine {
     /// trim old events.
     fn append_events(
         &mut self,
-        pending: &mut Pending,
+        pending: &mut Pending<'_>,
         cmd: &crate::record::Command,
         result: &ApplyResult,
         drafts: Vec<binlog::EventDraft>,
@@ -605,7 +635,7 @@ impl StateMachine {
     /// [`binlog::TRIM_EVENTS_PER_APPLY`] events plus the rest of the last revision.
     fn trim_events(
         &mut self,
-        pending: &mut Pending,
+        pending: &mut Pending<'_>,
         count: &mut u64,
         now_wall_ns: u64,
     ) -> Result<(), StorageError> {
@@ -654,7 +684,7 @@ impl StateMachine {
     /// Add `id` to the exactly-once table and expire/evict old ids.
     fn remember(
         &mut self,
-        pending: &mut Pending,
+        pending: &mut Pending<'_>,
         id: &str,
         result: &ApplyResult,
     ) -> Result<(), StorageError> {
@@ -681,23 +711,20 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Commit the overlay, publish the applied revision, then answer the entries it
-    /// holds (a response implies a read sees the write).
+    /// Publish the buffered entries to readers and the applied revision, answer the
+    /// entries (a response implies a read sees the write), then write the overlay to
+    /// sled if it is due.
     fn commit(
         &mut self,
-        pending: &mut Pending,
+        pending: &mut Pending<'_>,
         done: &mut Vec<(Option<openraft::storage::ApplyResponder<TypeConfig>>, ApplyResult)>,
         last_index: Option<u64>,
     ) -> Result<(), StorageError> {
         if last_index.is_some() {
             pending.insert(STATE, encode(&self.state)?);
         }
-        let started = std::time::Instant::now();
-        pending.commit()?;
+        pending.publish(done.len());
         if !done.is_empty() {
-            metrics::histogram!("meridian_apply_batch_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("meridian_apply_batches_total").increment(1);
             metrics::counter!("meridian_applied_entries_total").increment(done.len() as u64);
         }
         if let Some(index) = last_index {
@@ -707,6 +734,9 @@ impl StateMachine {
             if let Some(r) = responder {
                 r.send(result);
             }
+        }
+        if self.shared.overlay.due() {
+            self.shared.flush()?;
         }
         Ok(())
     }
@@ -745,6 +775,7 @@ impl StateMachine {
     fn build_snapshot_now(
         &mut self,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
+        self.shared.flush()?;
         let tree = self.shared.tree();
         let last_log_id = self.state.applied;
         let last_membership: StoredMembership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
@@ -798,10 +829,15 @@ impl StateMachine {
         }
         self.raft_meta.insert(GEN_KEY, encode(&gen)?)?;
         self.store.sync()?;
-        let old = std::mem::replace(
-            &mut *self.shared.tree.write().unwrap_or_else(|e| e.into_inner()),
-            tree.clone(),
-        );
+        // What was applied but not flushed is superseded by the snapshot.
+        let mut old = None;
+        self.shared.overlay.discard_with(|| {
+            old = Some(std::mem::replace(
+                &mut *self.shared.tree.write().unwrap_or_else(|e| e.into_inner()),
+                tree.clone(),
+            ));
+        });
+        let old = old.ok_or_else(|| StorageError::Corrupt("tree swap did not run".into()))?;
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
         self.dedup_index = load_dedup_index(&tree)?;
@@ -823,6 +859,16 @@ impl StateMachine {
         self.set_current_snapshot(meta, &name)?;
         tracing::info!(snapshot = %meta, records = n, "installed snapshot");
         Ok(())
+    }
+}
+
+impl Drop for StateMachine {
+    /// Write what is applied to sled on a clean shutdown, so a restart has less of the
+    /// log to re-apply (after a crash, the log covers it).
+    fn drop(&mut self) {
+        if let Err(e) = self.shared.flush() {
+            tracing::warn!(error = %e, "writing applied entries to sled at shutdown failed");
+        }
     }
 }
 
@@ -850,8 +896,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let tree = self.shared.tree();
-        let membership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
+        let membership = self.shared.get_meta(MEMBERSHIP)?.unwrap_or_default();
         Ok((self.state.applied, membership))
     }
 
@@ -861,7 +906,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + Unpin
             + openraft::OptionalSend,
     {
-        let mut pending = Pending::new(self.shared.tree());
+        let shared = self.shared.clone();
+        let mut pending = Pending::new(shared.tree(), &shared.overlay);
         let mut done = Vec::new();
         let mut last_index = None;
         while let Some(item) = entries.next().await {
@@ -966,6 +1012,9 @@ mod tests {
         fn reopen(&mut self) {
             let retention = self.sm.retention;
             let hlc = self.sm.hlc.clone();
+            // A clean shutdown (the old state machine's drop) would flush too late: the
+            // new one reads the tree first.
+            self.sm.shared.flush().expect("flush");
             self.sm = StateMachine::open(&self.store, hlc, self.limits)
                 .expect("reopen")
                 .with_binlog_retention(retention);
@@ -1095,6 +1144,7 @@ mod tests {
 
     /// Every key and value of the active tree.
     fn dump(sm: &StateMachine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        sm.shared.flush().expect("flush");
         sm.shared
             .tree()
             .iter()
@@ -1168,6 +1218,7 @@ mod tests {
         let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
         f.put(100, "a", "k").await;
         f.put(101, "b", "k").await;
+        f.sm.shared.flush().expect("flush");
         let tree = f.sm.shared.tree();
         let state = read_state(&tree).expect("state");
         // Rewrite the tree as an older version left it: five keys, no state key.
@@ -1195,6 +1246,7 @@ mod tests {
     async fn a_legacy_expiry_index_is_dropped_on_open_and_dedup_still_works() {
         let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
         f.put(100, "a", "k").await;
+        f.sm.shared.flush().expect("flush");
         let mut legacy = vec![LEGACY_EXPIRY];
         legacy.extend_from_slice(&100u64.to_be_bytes());
         legacy.extend_from_slice(b"a");

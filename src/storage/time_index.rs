@@ -61,7 +61,7 @@ impl TimeIndex {
     }
 
     /// The oldest live key and its wall time, refilling from `pending` when needed.
-    pub fn oldest(&mut self, pending: &Pending) -> Result<Option<(u64, &[u8])>, StorageError> {
+    pub fn oldest(&mut self, pending: &Pending<'_>) -> Result<Option<(u64, &[u8])>, StorageError> {
         if self.front.is_empty() && !self.complete {
             self.refill(pending)?;
         }
@@ -79,7 +79,7 @@ impl TimeIndex {
         Some(k)
     }
 
-    fn refill(&mut self, pending: &Pending) -> Result<(), StorageError> {
+    fn refill(&mut self, pending: &Pending<'_>) -> Result<(), StorageError> {
         let lo = match &self.floor {
             // The smallest key greater than the floor.
             Some(f) => {
@@ -108,6 +108,7 @@ pub fn wall_of(key: &[u8]) -> Result<u64, StorageError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pending::Overlay;
     use super::*;
 
     fn key(wall: u64, id: &str) -> Vec<u8> {
@@ -124,7 +125,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new().path(dir.path()).temporary(true).open().expect("db");
         let tree = db.open_tree("t").expect("tree");
-        let mut pending = Pending::new(tree);
+        let overlay = Overlay::default();
+        let mut pending = Pending::new(tree.clone(), &overlay);
         let mut index = TimeIndex::new(b'e');
         let mut state: u64 = 7;
         let mut rand = move |n: u64| {
@@ -152,7 +154,13 @@ mod tests {
                         pending.remove(k);
                     }
                 }
-                _ => pending.commit().expect("commit"),
+                // Publish, and at times flush, so every layer holds index keys.
+                _ => {
+                    pending.publish(1);
+                    if rand(2) == 0 {
+                        overlay.flush(&tree).expect("flush");
+                    }
+                }
             }
             if rand(4) != 0 {
                 continue; // checking refills the cache: leave it partial at times
