@@ -223,6 +223,11 @@ pub struct NodeConfig {
     pub allow_fault_injection: bool,
     /// TEST ONLY: serve LINEARIZABLE reads locally without a read index (unsafe).
     pub unsafe_stale_reads: bool,
+    /// Threads of the node's async runtime; 0: one per CPU core. Nodes that share a
+    /// machine should split its cores (`meridian cluster up` gives each of its N nodes
+    /// cores / N, at least 1): more runtime threads than cores only adds context
+    /// switches.
+    pub worker_threads: usize,
     /// Leader placement (preferred region).
     pub placement: PlacementConfig,
     /// Read path: freshness proofs for bounded-staleness reads.
@@ -297,6 +302,16 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Upper bound on `worker_threads`.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// Runtime threads for each of `nodes` nodes sharing this machine: its cores split
+/// evenly, at least one each.
+pub fn shared_worker_threads(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
+}
+
 /// Upper bound on `limits.max_clients` (memory of the bucket map).
 pub const MAX_RATE_LIMITED_CLIENTS: usize = 1_000_000;
 
@@ -326,6 +341,7 @@ impl Default for NodeConfig {
             default_request_timeout_ms: 10_000,
             allow_fault_injection: false,
             unsafe_stale_reads: false,
+            worker_threads: 0,
             placement: PlacementConfig::default(),
             reads: ReadsConfig::default(),
             log_format: "text".to_string(),
@@ -510,6 +526,9 @@ impl NodeConfig {
         }
         if self.reads.freshness_interval_ms > MAX_INTERVAL_MS {
             return bad(format!("reads.freshness_interval_ms must be 0..={MAX_INTERVAL_MS}"));
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return bad(format!("worker_threads must be 0..={MAX_WORKER_THREADS}"));
         }
         if self.dedup_max_entries == 0 || self.dedup_window_secs == 0 {
             return bad("dedup_window_secs and dedup_max_entries must be >= 1".into());

@@ -194,7 +194,11 @@ pub fn run(args: NodeArgs) -> CliResult {
             "--unsafe-stale-reads: LINEARIZABLE reads are served locally and may be stale"
         );
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.worker_threads > 0 {
+        rt.worker_threads(cfg.worker_threads);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let shutdown = shutdown_signal()?;
         let api = tokio::net::TcpListener::bind(cfg.api_addr).await.map_err(|e| {

@@ -359,6 +359,8 @@ impl Manifest {
             peers: self.peers(),
             bootstrap: bootstrap && self.bootstrap_id() == Some(id),
             raft: self.raft.clone().unwrap_or_default(),
+            // Every node of the manifest runs on this machine.
+            worker_threads: crate::config::shared_worker_threads(self.nodes.len()),
             placement: crate::config::PlacementConfig {
                 preferred_leader_region: self.preferred_leader_region.clone(),
                 ..Default::default()
