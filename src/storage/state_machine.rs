@@ -257,9 +257,9 @@ impl Shared {
         let started = std::time::Instant::now();
         let entries = self.overlay.flush(&self.tree())?;
         if entries > 0 {
-            metrics::histogram!("meridian_apply_batch_duration_seconds")
+            metrics::histogram!("meridian_sm_flush_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
-            metrics::counter!("meridian_apply_batches_total").increment(1);
+            metrics::counter!("meridian_sm_flushes_total").increment(1);
         }
         Ok(entries)
     }
@@ -906,6 +906,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + Unpin
             + openraft::OptionalSend,
     {
+        let started = std::time::Instant::now();
         let shared = self.shared.clone();
         let mut pending = Pending::new(shared.tree(), &shared.overlay);
         let mut done = Vec::new();
@@ -924,6 +925,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         self.commit(&mut pending, &mut done, last_index)?;
+        if last_index.is_some() {
+            metrics::histogram!("meridian_apply_batch_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("meridian_apply_batches_total").increment(1);
+        }
         Ok(())
     }
 
