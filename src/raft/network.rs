@@ -37,6 +37,12 @@ pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Max gRPC message size between peers, bytes (append batches, snapshot chunks).
 pub const PEER_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Transfer rate a peer RPC is always allowed on top of openraft's deadline: a large
+/// AppendEntries (up to `max_payload_entries` entries of up to 1 MiB each) takes
+/// longer to send, decode and fsync than a heartbeat, and cancelling it at the
+/// heartbeat deadline only makes the leader send it again (64 KiB puts used to stall
+/// that way: docs/PERFORMANCE.md).
+pub const PEER_MIN_BYTES_PER_SEC: f64 = 32.0 * 1024.0 * 1024.0;
 /// Snapshot chunks buffered ahead of the network, per transfer.
 pub const SNAPSHOT_SEND_QUEUE: usize = 4;
 
@@ -211,6 +217,12 @@ fn status_err(s: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// The deadline of an RPC carrying `bytes`: openraft's `ttl` plus the time to move
+/// them at [`PEER_MIN_BYTES_PER_SEC`].
+pub fn payload_ttl(ttl: Duration, bytes: usize) -> Duration {
+    ttl + Duration::from_secs_f64(bytes as f64 / PEER_MIN_BYTES_PER_SEC)
+}
+
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
         self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
@@ -229,7 +241,7 @@ impl Connection {
             payload,
             hlc: Some(self.net.hlc.now().into()),
         };
-        let ttl = option.hard_ttl();
+        let ttl = payload_ttl(option.hard_ttl(), msg.payload.len());
         let mut request = tonic::Request::new(msg);
         request.set_timeout(ttl);
         let mut client = self.client()?;
@@ -359,5 +371,20 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         }
         postcard::from_bytes(&reply.into_inner().payload)
             .map_err(|e| to_stream(net_err(format!("decode: {e}"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_payloads_get_time_to_move_and_heartbeats_keep_the_deadline() {
+        let ttl = Duration::from_millis(100);
+        assert_eq!(payload_ttl(ttl, 0), ttl);
+        assert!(payload_ttl(ttl, 300) < Duration::from_millis(101), "a heartbeat-sized RPC");
+        // 512 entries of 64 KiB: 32 MiB, one second on top.
+        let big = payload_ttl(ttl, 512 * 64 * 1024);
+        assert_eq!(big, Duration::from_millis(1_100));
     }
 }
