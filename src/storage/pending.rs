@@ -45,6 +45,9 @@ pub const MAX_PENDING_BYTES: usize = 8 << 20;
 pub const FLUSH_ENTRIES: usize = 256;
 /// The [`Overlay`] is written to sled once it holds this many bytes.
 pub const FLUSH_BYTES: usize = 4 << 20;
+/// While flushes are paused (a snapshot is being dumped from the tree), apply waits
+/// once the overlay holds this many bytes.
+pub const PAUSED_MAX_BYTES: usize = 64 << 20;
 /// Keys copied from the overlay per lock acquisition by a scan of the apply task.
 const CURSOR_CHUNK: usize = 64;
 
@@ -61,11 +64,22 @@ struct Published {
 }
 
 /// Applied writes that are not in sled yet, shared by the state machine and readers.
-#[derive(Default)]
 pub struct Overlay {
     published: RwLock<Published>,
     /// Held across a whole flush, and by anything else that writes the tree directly.
     flushing: Mutex<()>,
+    /// True while flushes are paused: the tree is frozen for a snapshot dump.
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Self {
+            published: RwLock::default(),
+            flushing: Mutex::default(),
+            paused: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl Overlay {
@@ -141,10 +155,31 @@ impl Overlay {
         p.entries >= FLUSH_ENTRIES || p.bytes >= FLUSH_BYTES
     }
 
+    /// Stop (true) or resume (false) flushes: while paused, the tree does not change
+    /// (apply goes on in the overlay), so it can be dumped as a consistent snapshot.
+    pub fn pause_flushes(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Wait while flushes are paused and the overlay is over [`PAUSED_MAX_BYTES`]
+    /// (bounds memory during a long snapshot dump).
+    pub async fn wait_for_room(&self) {
+        let full = || self.read().bytes >= PAUSED_MAX_BYTES;
+        if *self.paused.borrow() && full() {
+            let mut rx = self.paused.subscribe();
+            // Err: the sender is gone with the overlay; nothing to wait for.
+            let _ = rx.wait_for(|paused| !*paused).await;
+        }
+    }
+
     /// Write the overlay to `tree` as one atomic batch, then drop it. Returns the
-    /// number of entries written (0: nothing to do). State-machine task only.
+    /// number of entries written (0: nothing to do, or flushes are paused).
+    /// State-machine task only.
     pub fn flush(&self, tree: &sled::Tree) -> Result<usize, StorageError> {
         let _flushing = self.lock_flushes();
+        if *self.paused.borrow() {
+            return Ok(0);
+        }
         let (batch, entries) = {
             let p = self.read();
             if p.writes.is_empty() {

@@ -217,6 +217,8 @@ fn tree_name(gen: u64) -> String {
 struct Shared {
     tree: RwLock<sled::Tree>,
     overlay: Overlay,
+    /// Serialises changes of the current snapshot (a dump may end during an install).
+    snapshot_lock: std::sync::Mutex<()>,
     /// The last applied revision, published after every applied batch (binlog readers
     /// wait on it instead of polling).
     applied: tokio::sync::watch::Sender<u64>,
@@ -482,7 +484,12 @@ impl StateMachine {
         let state = migrate_state(&tree)?;
         hlc.observe(state.last_hlc);
         let (applied, _) = tokio::sync::watch::channel(state.applied.map_or(0, |l| l.index));
-        let shared = Arc::new(Shared { tree: RwLock::new(tree), overlay: Overlay::default(), applied });
+        let shared = Arc::new(Shared {
+            tree: RwLock::new(tree),
+            overlay: Overlay::default(),
+            snapshot_lock: std::sync::Mutex::default(),
+            applied,
+        });
         Ok(Self {
             store: store.clone(),
             raft_meta,
@@ -750,43 +757,43 @@ impl StateMachine {
         meta: SnapshotMeta,
         name: &str,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
-        let file = std::fs::File::open(self.store.snapshot_dir().join(name))?;
-        Ok(openraft::storage::Snapshot { meta, snapshot: file })
+        open_snapshot(&self.store, meta, name)
     }
 
     /// Make `name` the current snapshot and delete older snapshot files.
     fn set_current_snapshot(&self, meta: &SnapshotMeta, name: &str) -> Result<(), StorageError> {
-        self.raft_meta.insert(SNAPSHOT_KEY, encode(&(meta.clone(), name.to_string()))?)?;
-        self.store.sync()?;
-        if let Ok(dir) = std::fs::read_dir(self.store.snapshot_dir()) {
-            for f in dir.flatten() {
-                let fname = f.file_name().to_string_lossy().into_owned();
-                if fname.starts_with("snap-") && fname != name {
-                    // An open transfer keeps its file handle; unlinking is safe.
-                    let _ = std::fs::remove_file(f.path());
-                }
-            }
-        }
-        Ok(())
+        set_current_snapshot(&self.shared, &self.store, &self.raft_meta, meta, name).map(|_| ())
     }
 
-    /// Dump the active tree into a snapshot file (runs on the state-machine task, so no
-    /// entry is applied meanwhile and the dump is consistent).
-    fn build_snapshot_now(
-        &mut self,
-    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
+    /// Freeze the tree at the applied index for a snapshot (runs on the state-machine
+    /// task): write the overlay to sled, then pause flushes, so the tree holds exactly
+    /// the state at `meta` while apply goes on in the overlay. The returned builder
+    /// dumps the tree and resumes flushes.
+    fn prepare_snapshot(&mut self) -> Result<SnapshotBuilder, StorageError> {
         self.shared.flush()?;
         let tree = self.shared.tree();
         let last_log_id = self.state.applied;
         let last_membership: StoredMembership = get_meta(&tree, MEMBERSHIP)?.unwrap_or_default();
         let meta = SnapshotMeta { last_log_id, last_membership };
-        let path = write_snapshot(&self.store.snapshot_dir(), &meta, tree.iter())?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| StorageError::Corrupt("snapshot path without a name".into()))?;
-        self.set_current_snapshot(&meta, &name)?;
-        self.open_snapshot(meta, &name)
+        self.shared.overlay.pause_flushes(true);
+        Ok(SnapshotBuilder {
+            frozen: Some(Frozen {
+                shared: self.shared.clone(),
+                tree,
+                store: self.store.clone(),
+                raft_meta: self.raft_meta.clone(),
+                meta,
+            }),
+        })
+    }
+
+    /// Build a snapshot of the current state right away (tests).
+    #[cfg(test)]
+    fn build_snapshot_now(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
+        let mut builder = self.prepare_snapshot()?;
+        builder.frozen.take().ok_or_else(|| StorageError::Corrupt("no frozen tree".into()))?.dump()
     }
 
     fn install(
@@ -872,10 +879,82 @@ impl Drop for StateMachine {
     }
 }
 
-/// Builds a snapshot: the dump is taken when the builder is created (consistently, on
-/// the state-machine task); `build_snapshot` hands it over.
+fn open_snapshot(
+    store: &Store,
+    meta: SnapshotMeta,
+    name: &str,
+) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
+    let file = std::fs::File::open(store.snapshot_dir().join(name))?;
+    Ok(openraft::storage::Snapshot { meta, snapshot: file })
+}
+
+/// Make `name` the current snapshot and delete older snapshot files, unless the
+/// current snapshot is already newer (an install finished while this one was being
+/// dumped): then `name` is deleted and the current one returned.
+fn set_current_snapshot(
+    shared: &Shared,
+    store: &Store,
+    raft_meta: &sled::Tree,
+    meta: &SnapshotMeta,
+    name: &str,
+) -> Result<Option<(SnapshotMeta, String)>, StorageError> {
+    let _current = shared.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((cur, cur_name)) = get_meta::<(SnapshotMeta, String)>(raft_meta, SNAPSHOT_KEY)? {
+        if cur.last_log_id > meta.last_log_id {
+            let _ = std::fs::remove_file(store.snapshot_dir().join(name));
+            return Ok(Some((cur, cur_name)));
+        }
+    }
+    raft_meta.insert(SNAPSHOT_KEY, encode(&(meta.clone(), name.to_string()))?)?;
+    store.sync()?;
+    if let Ok(dir) = std::fs::read_dir(store.snapshot_dir()) {
+        for f in dir.flatten() {
+            let fname = f.file_name().to_string_lossy().into_owned();
+            if fname.starts_with("snap-") && fname != name {
+                // An open transfer keeps its file handle; unlinking is safe.
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A tree frozen at `meta` (flushes paused) and what dumping it needs.
+struct Frozen {
+    shared: Arc<Shared>,
+    tree: sled::Tree,
+    store: Store,
+    raft_meta: sled::Tree,
+    meta: SnapshotMeta,
+}
+
+impl Frozen {
+    /// Dump the tree into a snapshot file and make it current.
+    fn dump(self) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, StorageError> {
+        let path = write_snapshot(&self.store.snapshot_dir(), &self.meta, self.tree.iter())?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| StorageError::Corrupt("snapshot path without a name".into()))?;
+        match set_current_snapshot(&self.shared, &self.store, &self.raft_meta, &self.meta, &name)? {
+            None => open_snapshot(&self.store, self.meta.clone(), &name),
+            Some((newer, newer_name)) => open_snapshot(&self.store, newer, &newer_name),
+        }
+    }
+}
+
+impl Drop for Frozen {
+    /// Resume flushes however the dump ended (done, failed, or never run).
+    fn drop(&mut self) {
+        self.shared.overlay.pause_flushes(false);
+    }
+}
+
+/// Builds a snapshot: the tree is frozen when the builder is created (on the
+/// state-machine task); `build_snapshot` dumps it on a blocking thread while apply
+/// goes on, then resumes flushes. A snapshot no longer stalls apply.
 pub struct SnapshotBuilder {
-    built: Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, String>,
+    frozen: Option<Frozen>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -884,10 +963,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
-        match std::mem::replace(&mut self.built, Err("snapshot already taken".into())) {
-            Ok(s) => Ok(s),
-            Err(e) => Err(io::Error::other(e)),
-        }
+        let frozen = self.frozen.take().ok_or_else(|| io::Error::other("snapshot already taken"))?;
+        let built = tokio::task::spawn_blocking(move || frozen.dump())
+            .await
+            .map_err(|e| io::Error::other(format!("snapshot task: {e}")))?;
+        built.map_err(|e| {
+            tracing::error!(error = %e, "building snapshot failed");
+            io::Error::from(e)
+        })
     }
 }
 
@@ -908,6 +991,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let started = std::time::Instant::now();
         let shared = self.shared.clone();
+        shared.overlay.wait_for_room().await;
         let mut pending = Pending::new(shared.tree(), &shared.overlay);
         let mut done = Vec::new();
         let mut last_index = None;
@@ -934,12 +1018,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let built =
-            tokio::task::block_in_place(|| self.build_snapshot_now()).map_err(|e| e.to_string());
-        if let Err(e) = &built {
-            tracing::error!(error = %e, "building snapshot failed");
+        match tokio::task::block_in_place(|| self.prepare_snapshot()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "preparing snapshot failed");
+                SnapshotBuilder { frozen: None }
+            }
         }
-        SnapshotBuilder { built }
     }
 
     async fn install_snapshot(
@@ -1133,6 +1218,32 @@ mod tests {
             f.sm.reader().binlog_chain_head().expect("f"),
             g.sm.reader().binlog_chain_head().expect("g")
         );
+    }
+
+    #[tokio::test]
+    async fn apply_goes_on_while_a_snapshot_is_dumped_and_the_dump_holds_its_index() {
+        let limits = DedupLimits { window_ns: 1_000_000_000, max_entries: 100_000 };
+        let mut f = Fixture::new(limits);
+        for i in 0..10u64 {
+            f.put(100 + i, &format!("r{i}"), &format!("k{}", i % 3)).await;
+        }
+        let at_ten = dump(&f.sm);
+        let mut builder = f.sm.prepare_snapshot().expect("prepare");
+        // More entries than one flush holds: with the tree frozen they stay in the
+        // overlay, and readers see them.
+        let more = super::super::pending::FLUSH_ENTRIES as u64 + 50;
+        for i in 10..10 + more {
+            f.put(100 + i, &format!("r{i}"), &format!("k{}", i % 3)).await;
+        }
+        assert_eq!(f.sm.reader().applied().expect("applied").revision, 10 + more);
+        let snap = builder.build_snapshot().await.expect("build");
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(10));
+        let mut g = Fixture::new(limits);
+        let mut file = snap.snapshot;
+        g.sm.install(&snap.meta, &mut file).expect("install");
+        assert_eq!(dump(&g.sm), at_ten, "the snapshot holds exactly the state at its index");
+        assert!(f.sm.shared.flush().expect("flush") > 0, "flushes resumed after the dump");
+        assert_eq!(f.sm.reader().applied().expect("applied").revision, 10 + more);
     }
 
     #[tokio::test]
