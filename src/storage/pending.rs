@@ -258,7 +258,10 @@ impl Iterator for Cursor<'_> {
         let chunk: Vec<_> = {
             let p = self.overlay.read();
             p.writes
-                .range::<[u8], _>((Bound::Included(from.as_slice()), Bound::Excluded(self.hi.as_slice())))
+                .range::<[u8], _>((
+                    Bound::Included(from.as_slice()),
+                    Bound::Excluded(self.hi.as_slice()),
+                ))
                 .take(CURSOR_CHUNK)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
@@ -334,10 +337,8 @@ impl<'a> Pending<'a> {
     /// Live keys and values in `[lo, hi)`, in key order, as the tree would hold them
     /// after every buffered and published write.
     pub fn range(&self, lo: &[u8], hi: &[u8]) -> Merged<'_> {
-        let mine = self
-            .writes
-            .range::<[u8], _>(bounds(lo, hi))
-            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        let mine =
+            self.writes.range::<[u8], _>(bounds(lo, hi)).map(|(k, v)| Ok((k.clone(), v.clone())));
         let published = Cursor {
             overlay: self.overlay,
             next: Some(lo.to_vec()),
@@ -526,7 +527,10 @@ mod tests {
                     let lo = format!("k{:03}", rand(200)).into_bytes();
                     let hi = format!("k{:03}", rand(210)).into_bytes();
                     let want: Vec<_> = if lo < hi {
-                        model.range(lo.clone()..hi.clone()).map(|(k, v)| (k.clone(), v.clone())).collect()
+                        model
+                            .range(lo.clone()..hi.clone())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
                     } else {
                         Vec::new()
                     };

@@ -280,7 +280,6 @@ fn decode_record(b: &[u8]) -> Result<Record, StorageError> {
     Ok(r)
 }
 
-
 /// A page of binlog events read by [`SmReader::read_events`].
 #[derive(Debug, Clone, Default)]
 pub struct EventPage {
@@ -963,7 +962,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
-        let frozen = self.frozen.take().ok_or_else(|| io::Error::other("snapshot already taken"))?;
+        let frozen =
+            self.frozen.take().ok_or_else(|| io::Error::other("snapshot already taken"))?;
         let built = tokio::task::spawn_blocking(move || frozen.dump())
             .await
             .map_err(|e| io::Error::other(format!("snapshot task: {e}")))?;
