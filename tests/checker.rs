@@ -173,17 +173,21 @@ async fn divergence_on_one_replica_is_reported_at_its_revision_and_node() {
     for i in 0..5 {
         put_ok(&kv1, format!("pre/{i}").as_bytes(), b"v").await;
     }
-    put_ok(&kv1, b"victim", b"good").await;
+    let good = put_ok(&kv1, b"victim", b"good").await.header.expect("header").revision;
+    // The leader acknowledges at commit; a follower applies when it learns the commit
+    // index. Corrupt only once every replica holds the record.
+    cluster.wait_applied(good, CLUSTER_DEADLINE).await.expect("applied");
     let dir = tempfile::tempdir().expect("tempdir");
     let findings = dir.path().join("findings.jsonl");
     let (stop, handle) = spawn_checker(options(&cluster, &dir.path().join("state"), &findings));
 
     let victim = common::follower(&cluster).await;
     let mut admin = cluster.cluster_client(victim).expect("cluster client");
-    admin
+    let corrupted = admin
         .corrupt_key(pb::CorruptKeyRequest { key: b"victim".to_vec(), value: b"EVIL".to_vec() })
         .await
         .expect("corrupt key (fault injection enabled)");
+    assert!(corrupted.into_inner().existed, "the victim replica held the record");
     let written = put_ok(&kv1, b"victim", b"next").await;
     let revision = written.record.expect("record").revision;
     let started = Instant::now();
