@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `state.bin` | the whole [`CheckerState`] (cursors per replica, rule state, sagas, compensations), postcard, with a magic header |
 //! | `compensations.jsonl` | one JSON line per compensation step (started / finished), for operators |
+//! | `lock` | empty; the running checker holds an exclusive `flock` on it |
 //!
 //! `state.bin` is replaced atomically: written to `state.bin.tmp`, fsynced, renamed over
 //! the old file, and the directory fsynced, so a crash leaves either the old or the
@@ -28,10 +29,17 @@ pub const COMPENSATIONS_FILE: &str = "compensations.jsonl";
 /// Largest state file accepted when loading, bytes.
 pub const MAX_STATE_BYTES: u64 = 512 * 1024 * 1024;
 
-/// An opened state directory.
+/// File name of the lock held by the checker that owns the directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// An opened state directory, owned by this process until dropped: two checkers on
+/// one directory would race on the cursor and compensate twice.
 #[derive(Debug)]
 pub struct StateDir {
     dir: PathBuf,
+    /// Holds an exclusive advisory lock (`flock`) on `lock`; the kernel releases it
+    /// when the file closes, so a killed checker never leaves the directory locked.
+    _lock: File,
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> CheckerError {
@@ -46,7 +54,24 @@ impl StateDir {
         if !dir.is_dir() {
             return Err(CheckerError::Invalid(format!("{} is not a directory", dir.display())));
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(format!("cannot open {}", lock_path.display())))?;
+        if let Err(e) = fs2::FileExt::try_lock_exclusive(&lock) {
+            if e.kind() == fs2::lock_contended_error().kind() {
+                return Err(CheckerError::Invalid(format!(
+                    "state directory {} is in use by another `meridian check` \
+                     (one checker per state directory)",
+                    dir.display()
+                )));
+            }
+            return Err(CheckerError::io(format!("cannot lock {}", lock_path.display()), e));
+        }
+        Ok(Self { dir: dir.to_path_buf(), _lock: lock })
     }
 
     /// The directory.

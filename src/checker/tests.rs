@@ -4,7 +4,7 @@ use super::core::{abort_request_id, Checker, CheckerConfig, Compensation};
 use super::event::{Event, Op, Position, RecordView, Stamp};
 use super::invariant::{integer_value, parse_invariants};
 use super::state::StateDir;
-use super::Kind;
+use super::{CheckerError, Kind};
 
 fn put(rev: u64, key: &str, bv: u64, value: &str, hash: &str) -> Event {
     Event {
@@ -54,6 +54,18 @@ fn integer_values_parse_as_decimal_only() {
     assert_eq!(integer_value(b"-7"), Some(-7));
     assert_eq!(integer_value(b"4x"), None);
     assert_eq!(integer_value(&[0xff]), None);
+}
+
+#[test]
+fn a_state_dir_has_one_owner_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state");
+    let first = StateDir::open(&path).expect("open");
+    let err = StateDir::open(&path).expect_err("second owner refused");
+    assert!(matches!(err, CheckerError::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("in use by another"), "{err}");
+    drop(first);
+    StateDir::open(&path).expect("free again once the owner is gone");
 }
 
 #[test]
