@@ -219,6 +219,23 @@ async fn tls_cluster_serves_authorized_clients_and_refuses_everyone_else() {
     ]);
     assert_eq!(out.status.code(), Some(1), "permission denied exits 1: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"), "{out:?}");
+    let leader_s = cluster.api_addr(leader).expect("addr").to_string();
+    let out = run_cli(&[
+        "binlog",
+        "tail",
+        "--endpoint",
+        &leader_s,
+        "--tls-dir",
+        dir_s,
+        "--token",
+        ROOT_TOKEN,
+        "--from",
+        "1",
+        "--limit",
+        "1",
+    ]);
+    assert!(out.status.success(), "binlog tail: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"revision\""), "{out:?}");
 
     let leader_addr = cluster.api_addr(leader).expect("addr");
     // 1. No client certificate (required): UNAUTHENTICATED.

@@ -27,6 +27,9 @@ pub const MAX_WINDOW: u32 = 65_536;
 /// Arguments of `meridian binlog`.
 #[derive(Debug, clap::Args)]
 pub struct BinlogArgs {
+    /// TLS and token flags.
+    #[command(flatten)]
+    pub security: super::kv::SecurityArgs,
     /// The operation.
     #[command(subcommand)]
     pub command: BinlogCommand,
@@ -214,6 +217,7 @@ pub fn run(args: BinlogArgs) -> CliResult {
         text,
         config,
     } = args.command;
+    let security = args.security;
     if window > MAX_WINDOW {
         return Err(CliError::bad_input(anyhow!("--window must be at most {MAX_WINDOW}")));
     }
@@ -221,8 +225,7 @@ pub fn run(args: BinlogArgs) -> CliResult {
         return Err(CliError::bad_input(anyhow!("--limit must be >= 1")));
     }
     let endpoints: Vec<String> = endpoint.into_iter().collect();
-    let config =
-        client_config(&endpoints, config.as_deref(), None, &super::kv::SecurityArgs::default())?;
+    let config = client_config(&endpoints, config.as_deref(), None, &security)?;
     let addr =
         config.endpoints.first().cloned().ok_or_else(|| {
             CliError::bad_input(anyhow!("no endpoint: pass --endpoint HOST:PORT"))
