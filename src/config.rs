@@ -85,10 +85,13 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Election timeout upper bound, ms (> min).
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many applied entries since the last one (default
-    /// 100,000, as etcd's `--snapshot-count`: a snapshot dumps the whole state machine
-    /// while apply waits).
+    /// Build a snapshot no sooner than this many applied entries after the last one
+    /// (default 100,000, as etcd's `--snapshot-count`).
     pub snapshot_logs_since_last: u64,
+    /// ... and only once the Raft log on disk is at least this percentage of the last
+    /// snapshot's size (default 100; 0: the entry count alone decides). A snapshot
+    /// dumps the whole state, so this bounds the dump work per byte of log.
+    pub snapshot_log_size_percent: u64,
     /// Log entries kept after a snapshot (for slow followers) before purging.
     pub max_in_snapshot_log_to_keep: u64,
     /// Max entries in one AppendEntries RPC.
@@ -106,6 +109,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             snapshot_logs_since_last: 100_000,
+            snapshot_log_size_percent: 100,
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 512,
             snapshot_chunk_bytes: 1024 * 1024,
@@ -355,6 +359,8 @@ impl Default for NodeConfig {
     }
 }
 
+/// Upper bound of `raft.snapshot_log_size_percent`: a log 100 times the state.
+pub const MAX_SNAPSHOT_LOG_SIZE_PERCENT: u64 = 10_000;
 /// Upper bound on configurable key size (larger keys would bloat every index page).
 pub const MAX_KEY_BYTES_LIMIT: usize = 64 * 1024;
 /// Upper bound on configurable value size (must fit a gRPC message with headroom).
@@ -507,6 +513,11 @@ impl NodeConfig {
         }
         if r.snapshot_logs_since_last == 0 || r.max_payload_entries == 0 {
             return bad("raft.snapshot_logs_since_last and max_payload_entries must be >= 1".into());
+        }
+        if r.snapshot_log_size_percent > MAX_SNAPSHOT_LOG_SIZE_PERCENT {
+            return bad(format!(
+                "raft.snapshot_log_size_percent must be <= {MAX_SNAPSHOT_LOG_SIZE_PERCENT}"
+            ));
         }
         if r.snapshot_chunk_bytes < 1024 || r.snapshot_chunk_bytes > 4 * 1024 * 1024 {
             return bad("raft.snapshot_chunk_bytes must be 1 KiB..=4 MiB".into());

@@ -34,7 +34,9 @@ pub fn openraft_config(cfg: &NodeConfig) -> Result<Arc<openraft::Config>, RaftSe
         election_timeout_max: r.election_timeout_max_ms,
         install_snapshot_timeout: r.snapshot_timeout_ms,
         max_payload_entries: r.max_payload_entries,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
+        // Snapshots are triggered by `server::snapshots`, which also weighs the log's
+        // size against the snapshot's.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         snapshot_max_chunk_size: r.snapshot_chunk_bytes,
         max_in_snapshot_log_to_keep: r.max_in_snapshot_log_to_keep,
         // A restarted leader must win a fresh election: our state machine is not

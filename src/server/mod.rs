@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod placement;
 pub mod ratelimit;
 pub mod read_batch;
+pub mod snapshots;
 pub mod status;
 pub mod validate;
 
@@ -280,6 +281,7 @@ pub async fn run_node(
     let health_task = tokio::spawn(health::run(core.clone(), health_reporter, stop_rx.clone()));
     let freshness_task = tokio::spawn(freshness::run(core.clone(), stop_rx.clone()));
     let placement_task = tokio::spawn(placement::run(core.clone(), stop_rx.clone()));
+    let snapshot_task = tokio::spawn(snapshots::run(core.clone(), store.clone(), stop_rx.clone()));
     let metrics_task = tokio::spawn(metrics::run_raft_metrics(
         raft.clone(),
         core.id,
@@ -304,6 +306,7 @@ pub async fn run_node(
     let _ = health_task.await;
     let _ = freshness_task.await;
     let _ = placement_task.await;
+    let _ = snapshot_task.await;
     let _ = metrics_task.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
