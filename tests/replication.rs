@@ -154,3 +154,39 @@ async fn every_replica_stores_identical_records() {
         }
     }
 }
+
+/// A follower that forwards a write names the leader in its answer, and a client that
+/// reached a follower first sends its next writes to the leader directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_wrote_through_a_follower_moves_to_the_leader() {
+    let cluster = start(3).await;
+    let leader = cluster.leader().await.expect("leader");
+    let follower = follower(&cluster).await;
+    let leader_addr = cluster.api_addr(leader).expect("addr").to_string();
+    let follower_addr = cluster.api_addr(follower).expect("addr").to_string();
+
+    let mut raw = cluster.kv(follower).expect("kv");
+    let req =
+        pb::PutRequest { key: b"fwd/raw".to_vec(), value: b"v".to_vec(), ..Default::default() };
+    let answer = raw.put(req).await.expect("forwarded put");
+    let hint = answer.metadata().get("x-meridian-leader").and_then(|v| v.to_str().ok());
+    assert_eq!(hint, Some(leader_addr.as_str()), "the forwarded answer names the leader");
+    let mut direct = cluster.kv(leader).expect("kv");
+    let req =
+        pb::PutRequest { key: b"fwd/raw".to_vec(), value: b"w".to_vec(), ..Default::default() };
+    let answer = direct.put(req).await.expect("put on the leader");
+    assert!(answer.metadata().get("x-meridian-leader").is_none(), "the leader answers itself");
+
+    // The follower is the client's first endpoint, so its first write goes there.
+    let others = cluster.ids().into_iter().filter(|id| *id != follower);
+    let addrs = std::iter::once(follower_addr.clone())
+        .chain(others.map(|id| cluster.api_addr(id).expect("addr").to_string()));
+    let client =
+        meridian::client::Client::connect(meridian::client::ClientConfig::with_endpoints(addrs))
+            .expect("client");
+    assert!(client.endpoints().iter().all(|e| !e.is_leader), "no leader known yet");
+    client.put("fwd/client", "1").await.expect("put through the follower");
+    let known: Vec<_> = client.endpoints().into_iter().filter(|e| e.is_leader).collect();
+    assert_eq!(known.len(), 1, "{known:?}");
+    assert_eq!(known[0].addr, leader_addr, "the client follows the forwarded answer's hint");
+}

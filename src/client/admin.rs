@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use tonic::Response;
-
 use super::call::CallSpec;
 use super::endpoints::Route;
 use super::retry::OpKind;
@@ -29,7 +27,7 @@ impl Client {
         let req = pb::AddLearnerRequest { member: Some(member), blocking };
         self.execute(admin("add_learner", timeout), |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { cluster(&ep).add_learner(req).await.map(Response::into_inner) }
+            async move { cluster(&ep).add_learner(req).await }
         })
         .await
     }
@@ -42,7 +40,7 @@ impl Client {
     ) -> Result<pb::RemoveLearnerResponse, ClientError> {
         self.execute(admin("remove_learner", timeout), |ep, deadline| {
             let req = request(pb::RemoveLearnerRequest { id }, deadline, self.inner.auth.as_ref());
-            async move { cluster(&ep).remove_learner(req).await.map(Response::into_inner) }
+            async move { cluster(&ep).remove_learner(req).await }
         })
         .await
     }
@@ -58,7 +56,7 @@ impl Client {
         let req = pb::ChangeMembershipRequest { voter_ids, retain_as_learners };
         self.execute(admin("change_membership", timeout), |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { cluster(&ep).change_membership(req).await.map(Response::into_inner) }
+            async move { cluster(&ep).change_membership(req).await }
         })
         .await
     }
@@ -71,7 +69,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.execute(admin("transfer_leader", timeout), |ep, deadline| {
             let req = request(pb::TransferLeaderRequest { to }, deadline, self.inner.auth.as_ref());
-            async move { cluster(&ep).transfer_leader(req).await.map(|_| ()) }
+            async move { cluster(&ep).transfer_leader(req).await.map(|r| r.map(|_| ())) }
         })
         .await
     }

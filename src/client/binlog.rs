@@ -212,7 +212,7 @@ impl Client {
         };
         self.execute(spec, |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).open_saga(req).await.map(Response::into_inner) }
+            async move { kv(&ep).open_saga(req).await }
         })
         .await
     }
@@ -228,7 +228,7 @@ impl Client {
         let req = pb::CommitSagaRequest { saga_id: saga_id.to_string(), request_id };
         self.execute(spec, |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).commit_saga(req).await.map(Response::into_inner) }
+            async move { kv(&ep).commit_saga(req).await }
         })
         .await
     }
@@ -250,7 +250,7 @@ impl Client {
         };
         self.execute(spec, |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).abort_saga(req).await.map(Response::into_inner) }
+            async move { kv(&ep).abort_saga(req).await }
         })
         .await
     }
@@ -260,7 +260,7 @@ impl Client {
         let req = pb::GetSagaRequest { saga_id: saga_id.to_string() };
         self.execute(CallSpec::read("get_saga", Route::Leader, None), |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).get_saga(req).await.map(Response::into_inner) }
+            async move { kv(&ep).get_saga(req).await }
         })
         .await
     }

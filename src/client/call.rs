@@ -85,7 +85,7 @@ impl Client {
     ) -> Result<T, ClientError>
     where
         F: FnMut(Arc<EndpointState>, Duration) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let inner = &self.inner;
         let retry_cfg = &inner.config.retry;
@@ -149,10 +149,16 @@ impl Client {
                     let result = attempt(ep.clone(), deadline).instrument(span.clone()).await;
                     let now = inner.clock.now();
                     let status = match result {
-                        Ok(value) => {
+                        Ok(response) => {
                             span.record("outcome", "ok");
                             self.record_outcome(&ep, true);
-                            return Ok(value);
+                            // A follower forwarded this call: go to the leader directly
+                            // from now on, if it is an endpoint we already know (one we
+                            // cannot reach would only trade a hop for a failed attempt).
+                            if let Some(hint) = retry::answer_leader_hint(response.metadata()) {
+                                inner.endpoints.follow_known_leader(&hint, &ep.addr);
+                            }
+                            return Ok(response.into_inner());
                         }
                         Err(status) => status,
                     };
@@ -302,7 +308,10 @@ mod tests {
                 .execute(spec, move |ep, deadline| {
                     calls.lock().expect("lock").push((ep.addr.clone(), deadline));
                     let next = script.lock().expect("lock").pop_front();
-                    async move { next.unwrap_or_else(|| Err(Status::internal("script ran out"))) }
+                    async move {
+                        next.unwrap_or_else(|| Err(Status::internal("script ran out")))
+                            .map(tonic::Response::new)
+                    }
                 })
                 .await
         }

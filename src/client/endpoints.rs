@@ -302,11 +302,7 @@ impl EndpointSet {
     /// Follow a leader hint: remember it as the leader and return it, unless it is
     /// unusable (malformed, set full) or is `from` itself (a stale hint).
     pub fn redirect(&self, hint: &str, from: &str, now: Instant) -> Option<Arc<EndpointState>> {
-        let hint_addr = normalize_endpoint(hint).ok()?;
-        let tagged = self.all().into_iter().find(|e| {
-            e.tag().is_some_and(|t| normalize_endpoint(&t.api_addr).ok() == Some(hint_addr.clone()))
-        });
-        let target = match tagged {
+        let target = match self.known(hint) {
             Some(e) => e,
             None => self.get_or_add(hint, now)?,
         };
@@ -315,6 +311,30 @@ impl EndpointSet {
         }
         self.set_leader(Some(target.clone()));
         Some(target)
+    }
+
+    /// Remember `hint` as the leader if it names an endpoint of the set (by address or
+    /// by a member's advertised address) other than `from`; otherwise change nothing.
+    /// For the hint on a forwarded answer: never adds an endpoint.
+    pub fn follow_known_leader(&self, hint: &str, from: &str) -> Option<Arc<EndpointState>> {
+        let known = self.known(hint)?;
+        if known.addr == from {
+            return None;
+        }
+        self.set_leader(Some(known.clone()));
+        Some(known)
+    }
+
+    /// The endpoint a leader hint names: one whose member tag advertises that API
+    /// address (it may be dialled under another address), else one with that address.
+    fn known(&self, hint: &str) -> Option<Arc<EndpointState>> {
+        let hint_addr = normalize_endpoint(hint).ok()?;
+        let all = self.all();
+        let advertises = |e: &&Arc<EndpointState>| {
+            e.tag()
+                .is_some_and(|t| normalize_endpoint(&t.api_addr).ok().as_ref() == Some(&hint_addr))
+        };
+        all.iter().find(advertises).or_else(|| all.iter().find(|e| e.addr == hint_addr)).cloned()
     }
 
     /// Choose the endpoint for the next attempt, preferring endpoints not in `avoid`
@@ -471,6 +491,20 @@ mod tests {
         s.mark_probed(now);
         assert!(!s.probe_due(now));
         assert!(s.probe_due(now + PROBE_REFRESH));
+    }
+
+    #[test]
+    fn a_forwarded_answer_moves_writes_to_a_known_leader_only() {
+        let s = set(&["a:1", "b:1"]);
+        let now = Instant::now();
+        assert!(s.follow_known_leader("b:1", "b:1").is_none(), "the answering node itself");
+        assert!(s.leader().is_none());
+        assert!(s.follow_known_leader("z:9", "a:1").is_none(), "unknown: not added");
+        assert_eq!(s.info().len(), 2);
+        assert!(s.follow_known_leader("not an address", "a:1").is_none());
+        let leader = s.follow_known_leader("http://b:1", "a:1").expect("known");
+        assert_eq!(leader.addr, "b:1");
+        assert_eq!(s.pick(Route::Leader, now, &[]).expect("some").addr, "b:1");
     }
 
     #[test]

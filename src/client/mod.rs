@@ -452,7 +452,7 @@ impl Client {
             pb::GetRequest { key: key.into(), consistency: consistency as i32, max_staleness_ms };
         self.execute(CallSpec::read("get", route, options.timeout), |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).get(req).await.map(Response::into_inner) }
+            async move { kv(&ep).get(req).await }
         })
         .await
     }
@@ -497,7 +497,7 @@ impl Client {
         };
         self.execute(spec, |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).put(req).await.map(Response::into_inner) }
+            async move { kv(&ep).put(req).await }
         })
         .await
     }
@@ -519,7 +519,7 @@ impl Client {
         };
         self.execute(spec, |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).delete(req).await.map(Response::into_inner) }
+            async move { kv(&ep).delete(req).await }
         })
         .await
     }
@@ -552,7 +552,7 @@ impl Client {
         };
         self.execute(CallSpec::read("range", route, options.timeout), |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).range(req).await.map(Response::into_inner) }
+            async move { kv(&ep).range(req).await }
         })
         .await
     }
@@ -610,7 +610,7 @@ impl Client {
         let req = txn.to_request(request_id);
         self.execute(spec, |ep, deadline| {
             let req = request(req.clone(), deadline, self.inner.auth.as_ref());
-            async move { kv(&ep).txn(req).await.map(Response::into_inner) }
+            async move { kv(&ep).txn(req).await }
         })
         .await
     }
@@ -679,7 +679,7 @@ impl Client {
     pub async fn members(&self) -> Result<pb::MembersResponse, ClientError> {
         self.execute(CallSpec::read("members", Route::Any, None), |ep, deadline| {
             let req = request(pb::MembersRequest {}, deadline, self.inner.auth.as_ref());
-            async move { cluster(&ep).members(req).await.map(Response::into_inner) }
+            async move { cluster(&ep).members(req).await }
         })
         .await
     }

@@ -158,7 +158,13 @@ pub fn leader_hint(status: &Status) -> Option<String> {
     if status.code() != Code::Unavailable {
         return None;
     }
-    let value = status.metadata().get(LEADER_HINT_METADATA)?.to_str().ok()?.trim();
+    answer_leader_hint(status.metadata())
+}
+
+/// The `x-meridian-leader` address in `metadata`, if present and sane: on an
+/// UNAVAILABLE status, or on any answer a follower forwarded to the leader.
+pub fn answer_leader_hint(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let value = metadata.get(LEADER_HINT_METADATA)?.to_str().ok()?.trim();
     (!value.is_empty() && value.len() <= MAX_LEADER_HINT_BYTES).then(|| value.to_string())
 }
 

@@ -158,19 +158,20 @@ impl KvService {
                 // Reach the leader through its route (fault proxy) when one is configured;
                 // clients are always told the public address.
                 let route = leader_id.and_then(|id| self.core.config.api_route(id));
-                let target = route.map_or(addr, str::to_string);
-                self.forward(&ctx, caller.as_ref(), &target, leader_id, inner, forward).await
+                let target = route.unwrap_or(&addr);
+                let to = Leader { target, public: &addr, id: leader_id };
+                self.forward(&ctx, caller.as_ref(), to, inner, forward).await
             }
             Err(e) => Err(to_status(e)),
         }
     }
 
+    /// Forward `inner` to `leader` once, marked as forwarded.
     async fn forward<Req, Resp, F, FF>(
         &self,
         ctx: &RequestCtx,
         caller: Option<&super::auth::Caller>,
-        addr: &str,
-        leader_id: Option<u64>,
+        leader: Leader<'_>,
         inner: Req,
         f: F,
     ) -> Result<Response<Resp>, Status>
@@ -178,7 +179,7 @@ impl KvService {
         F: FnOnce(KvClient<Channel>, Request<Req>) -> FF,
         FF: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let client = self.leader_client(addr)?;
+        let client = self.leader_client(leader.target)?;
         let mut r = Request::new(inner);
         let left = ctx.deadline.saturating_duration_since(Instant::now());
         r.set_timeout(left);
@@ -205,9 +206,17 @@ impl KvService {
                 r.metadata_mut().insert(super::auth::IDENTITY_METADATA, v);
             }
         }
-        tracing::debug!(leader = ?leader_id, %addr, "forwarding to leader");
+        tracing::debug!(leader = ?leader.id, addr = leader.target, "forwarding to leader");
+        // Every answer names the leader's public address, so a client that reached a
+        // follower sends its next requests to the leader directly.
+        let hint = MetadataValue::try_from(leader.public).ok();
         match tokio::time::timeout(left, f(client, r)).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(mut resp)) => {
+                if let Some(v) = hint {
+                    resp.metadata_mut().insert(LEADER_METADATA, v);
+                }
+                Ok(resp)
+            }
             Ok(Err(mut s)) => {
                 // A status without our ErrorInfo did not come from the leader's handler
                 // but from the transport (connection reset mid-call, h2 error): the
@@ -216,14 +225,15 @@ impl KvService {
                     && matches!(s.code(), tonic::Code::Internal | tonic::Code::Unknown)
                 {
                     s = Status::unavailable(format!(
-                        "forwarding to the leader at {addr} failed: {}",
+                        "forwarding to the leader at {} failed: {}",
+                        leader.target,
                         s.message()
                     ));
                 }
                 if s.code() == tonic::Code::Unavailable
                     && s.metadata().get(LEADER_METADATA).is_none()
                 {
-                    if let Ok(v) = MetadataValue::try_from(addr) {
+                    if let Some(v) = hint {
                         s.metadata_mut().insert(LEADER_METADATA, v);
                     }
                 }
@@ -234,6 +244,17 @@ impl KvService {
             }
         }
     }
+}
+
+/// Where a follower forwards a request.
+#[derive(Debug, Clone, Copy)]
+struct Leader<'a> {
+    /// Address dialled (the leader's route when one is configured).
+    target: &'a str,
+    /// The leader's public API address, the one clients are told.
+    public: &'a str,
+    /// The leader's id, when known.
+    id: Option<u64>,
 }
 
 fn header(
