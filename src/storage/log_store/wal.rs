@@ -11,8 +11,19 @@
 //! indexes only grow within and across segments (a truncation cuts the tail and
 //! deletes later segments before anything is appended again).
 //!
+//! The current segment's file is allocated ahead of the appends in
+//! [`PREALLOCATE_BYTES`] chunks (`posix_fallocate`, like etcd's WAL), so a sync after
+//! an append does not also have to journal a new file size and block allocation: an
+//! `fdatasync` of 100 B measured ~95 µs into allocated space against ~135 µs at the
+//! end of the file on the reference machine. The allocated tail reads as zeros; a
+//! zero header is never a record (a payload is never empty), so it ends the scan.
+//!
 //! Invariants:
 //! - `positions` holds one position per live index, contiguous from `first_index`.
+//! - Only the last segment's file extends past its records (the allocated tail): a
+//!   segment is cut to its records before the next one is created, and on open the
+//!   last one is cut back to its valid records before anything is appended, so bytes
+//!   of an append that was lost in a crash can never follow a later append.
 //! - A segment is rotated only after `sync_data` of the old one and an fsync of the
 //!   directory for the new one: syncing the current segment makes every appended
 //!   record durable.
@@ -34,6 +45,8 @@ use super::super::{decode, StorageError};
 
 /// Segment size at which the next append starts a new segment, bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Allocation step of the current segment's file, bytes (at most the segment size).
+pub const PREALLOCATE_BYTES: u64 = 8 * 1024 * 1024;
 /// Largest record accepted (an entry holds at most a few MiB of values), bytes.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
 /// Record header: length and checksum, bytes.
@@ -54,7 +67,10 @@ struct Pos {
 struct Segment {
     file: Arc<File>,
     path: PathBuf,
+    /// Where the records end (the next append's offset).
     len: u64,
+    /// The file's size: `len` plus any allocated tail.
+    allocated: u64,
 }
 
 /// The segment files and the index of live entries.
@@ -102,36 +118,80 @@ pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) -> Result<(), StorageErr
     Ok(())
 }
 
+/// What follows a segment's valid records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Nothing: the file ends with its last record.
+    None,
+    /// Zeros only: allocated space never written.
+    Allocated,
+    /// Bytes that are not a valid record (a torn write, or damage).
+    Torn,
+}
+
 /// Records of one segment: (offset, payload length, entry); the offset where valid data
-/// ends; whether a bad or torn record follows it.
-type Scan = (Vec<(u64, u32, Entry)>, u64, bool);
+/// ends; what follows it; the file's size.
+type Scan = (Vec<(u64, u32, Entry)>, u64, Tail, u64);
+
+fn tail_after(bytes: &[u8]) -> Tail {
+    if bytes.is_empty() {
+        Tail::None
+    } else if bytes.iter().all(|b| *b == 0) {
+        Tail::Allocated
+    } else {
+        Tail::Torn
+    }
+}
 
 fn scan(path: &Path) -> Result<Scan, StorageError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| io(format!("read {}", path.display()), e))?;
+    let size = bytes.len() as u64;
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
         let Some(header) = bytes.get(at..at + HEADER_BYTES) else {
-            return Ok((records, at as u64, true));
+            return Ok((records, at as u64, tail_after(&bytes[at..]), size));
         };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let sum =
             u64::from_le_bytes(header[4..12].try_into().map_err(|_| corrupt("header".into()))?);
         let start = at + HEADER_BYTES;
         let Some(payload) = bytes.get(start..start + len) else {
-            return Ok((records, at as u64, true));
+            return Ok((records, at as u64, tail_after(&bytes[at..]), size));
         };
-        if len > MAX_RECORD_BYTES || xxh3_64(payload) != sum {
-            return Ok((records, at as u64, true));
+        if len == 0 || len > MAX_RECORD_BYTES || xxh3_64(payload) != sum {
+            return Ok((records, at as u64, tail_after(&bytes[at..]), size));
         }
         let entry: Entry = decode(payload)?;
         records.push((start as u64, len as u32, entry));
         at = start + len;
     }
-    Ok((records, at as u64, false))
+    Ok((records, at as u64, Tail::None, size))
+}
+
+impl Segment {
+    /// Allocate the file up to `size` bytes. A failure is not an error: appends then
+    /// extend the file as they go (slower syncs); a full disk fails the write itself.
+    fn allocate(&mut self, size: u64) {
+        if let Err(e) = fs2::FileExt::allocate(&*self.file, size) {
+            tracing::warn!(path = %self.path.display(), size, error = %e, "cannot preallocate the log");
+        }
+        self.allocated = size;
+    }
+
+    /// Shrink the file to its records (before the next segment starts).
+    fn cut_allocated_tail(&mut self) -> Result<(), StorageError> {
+        if self.allocated > self.len {
+            self.file
+                .set_len(self.len)
+                .map_err(|e| io(format!("truncate {}", self.path.display()), e))?;
+            self.allocated = self.len;
+        }
+        Ok(())
+    }
 }
 
 impl Wal {
@@ -166,23 +226,28 @@ impl Wal {
         let last = firsts.last().copied();
         for first in firsts {
             let path = segment_path(dir, first);
-            let (records, valid_len, torn) = scan(&path)?;
+            let (records, valid_len, tail, size) = scan(&path)?;
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .map_err(|e| io(format!("open {}", path.display()), e))?;
-            if torn {
+            if tail != Tail::None {
                 if Some(first) != last {
                     return Err(corrupt(format!(
                         "bad record at byte {valid_len} of {}",
                         path.display()
                     )));
                 }
-                tracing::warn!(path = %path.display(), valid_len, "cutting a torn record off the log's end");
-                file.set_len(valid_len).map_err(|e| io("truncate torn tail", e))?;
+                if tail == Tail::Torn {
+                    tracing::warn!(path = %path.display(), valid_len, "cutting a torn record off the log's end");
+                }
+                // Cut the allocated tail too: the next append must not leave bytes of
+                // an older, lost append after it (see the invariants).
+                file.set_len(valid_len).map_err(|e| io("truncate the log's tail", e))?;
                 file.sync_data().map_err(|e| io("sync", e))?;
             }
+            debug_assert!(tail != Tail::None || size == valid_len);
             for (offset, len, entry) in records {
                 let index = entry.log_id.index;
                 if purged.is_some_and(|p| index <= p) {
@@ -200,7 +265,8 @@ impl Wal {
                 }
                 wal.positions.push_back(Pos { log_id: entry.log_id, segment: first, offset, len });
             }
-            wal.segments.insert(first, Segment { file: Arc::new(file), path, len: valid_len });
+            let seg = Segment { file: Arc::new(file), path, len: valid_len, allocated: valid_len };
+            wal.segments.insert(first, seg);
         }
         wal.set_current();
         Ok(wal)
@@ -238,6 +304,7 @@ impl Wal {
         if rotate {
             self.rotate(first)?;
         }
+        let chunk = PREALLOCATE_BYTES.min(self.segment_bytes).max(1);
         let (&segment, seg) =
             self.segments.iter_mut().next_back().ok_or_else(|| corrupt("no segment".into()))?;
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.1.len() + HEADER_BYTES).sum());
@@ -250,17 +317,22 @@ impl Wal {
             encode_record(payload, &mut buf)?;
             new.push(Pos { log_id: *log_id, segment, offset, len: payload.len() as u32 });
         }
+        let end = seg.len + buf.len() as u64;
+        if end > seg.allocated {
+            seg.allocate(end.div_ceil(chunk).saturating_mul(chunk));
+        }
         seg.file
             .write_all_at(&buf, seg.len)
             .map_err(|e| io(format!("write {}", seg.path.display()), e))?;
-        seg.len += buf.len() as u64;
+        seg.len = end;
         self.positions.extend(new);
         Ok(())
     }
 
     /// Close the current segment (synced) and start one named `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StorageError> {
-        if let Some(seg) = self.segments.values().next_back() {
+        if let Some(seg) = self.segments.values_mut().next_back() {
+            seg.cut_allocated_tail()?;
             seg.file.sync_data().map_err(|e| io(format!("sync {}", seg.path.display()), e))?;
         }
         let path = segment_path(&self.dir, first);
@@ -274,7 +346,7 @@ impl Wal {
             .open(&path)
             .map_err(|e| io(format!("create {}", path.display()), e))?;
         sync_dir(&self.dir)?;
-        self.segments.insert(first, Segment { file: Arc::new(file), path, len: 0 });
+        self.segments.insert(first, Segment { file: Arc::new(file), path, len: 0, allocated: 0 });
         self.set_current();
         Ok(())
     }
@@ -332,6 +404,7 @@ impl Wal {
         seg.file.set_len(at).map_err(|e| io(format!("truncate {}", seg.path.display()), e))?;
         seg.file.sync_data().map_err(|e| io("sync", e))?;
         seg.len = at;
+        seg.allocated = at;
         sync_dir(&self.dir)?;
         self.set_current();
         Ok(())
@@ -409,10 +482,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut wal = Wal::open(dir.path(), None).expect("open");
         wal.append(vec![record(1), record(2), record(3)]).expect("append");
-        let path = wal.segments.values().next().expect("segment").path.clone();
+        let seg = wal.segments.values().next().expect("segment");
+        let (path, full) = (seg.path.clone(), seg.len as usize);
         drop(wal);
         let mut bytes = std::fs::read(&path).expect("read");
-        let full = bytes.len();
+        bytes.truncate(full); // without the allocated tail
         let (_, mut partial) = record(4);
         let mut rec = Vec::new();
         encode_record(&partial, &mut rec).expect("encode");
@@ -468,6 +542,70 @@ mod tests {
         drop(wal);
         let wal = Wal::open_with(dir.path(), Some(10), 100).expect("reopen");
         assert!(wal.is_empty(), "{:?}", indexes(&wal, 0, None));
+    }
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).expect("meta").len()
+    }
+
+    #[test]
+    fn the_current_segment_is_allocated_ahead_and_cut_back_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path(), None).expect("open");
+        wal.append(vec![record(1), record(2)]).expect("append");
+        let seg = wal.segments.values().next().expect("segment");
+        let (path, len) = (seg.path.clone(), seg.len);
+        assert_eq!(size(&path), PREALLOCATE_BYTES, "allocated ahead of {len} bytes");
+        drop(wal);
+        let mut wal = Wal::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), vec![1, 2], "zeros end the scan");
+        assert_eq!(size(&path), len, "the tail is cut before appends go on");
+        wal.append(vec![record(3)]).expect("append");
+        drop(wal);
+        let wal = Wal::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_rotated_segment_keeps_only_its_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open_with(dir.path(), None, 100).expect("open");
+        for i in 1..=10 {
+            wal.append(vec![record(i)]).expect("append");
+        }
+        let segs: Vec<(PathBuf, u64)> =
+            wal.segments.values().map(|s| (s.path.clone(), s.len)).collect();
+        assert!(segs.len() >= 2);
+        for (path, len) in &segs[..segs.len() - 1] {
+            assert_eq!(size(path), *len, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn bytes_of_a_lost_append_never_follow_a_later_one() {
+        // A crash persisted records 1 and 3 of an unsynced append but not 2 (zeros).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path(), None).expect("open");
+        wal.append(vec![record(1), record(2), record(3)]).expect("append");
+        let path = wal.segments.values().next().expect("segment").path.clone();
+        let second = wal.positions[1];
+        drop(wal);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let from = (second.offset - HEADER_BYTES as u64) as usize;
+        bytes[from..second.offset as usize + second.len as usize].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut wal = Wal::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&wal, 0, None), vec![1]);
+        // The new leader's entry 2 has the same size as the lost one.
+        let log_id = LogId::new(LeaderId { term: 2, node_id: 2 }, 2);
+        let entry = encode(&Entry { log_id, payload: EntryPayload::Blank }).expect("encode");
+        assert_eq!(entry.len(), second.len as usize);
+        wal.append(vec![(log_id, entry)]).expect("append");
+        drop(wal);
+        let wal = Wal::open(dir.path(), None).expect("reopen");
+        let entries = wal.read(0, None).expect("read");
+        let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
+        assert_eq!(ids, vec![record(1).0, log_id], "the stale record 3 is gone");
     }
 
     #[test]
