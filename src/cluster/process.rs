@@ -138,7 +138,9 @@ pub fn resolve_binary(
             std::io::Error::new(std::io::ErrorKind::NotFound, "not found or not a file"),
         ));
     }
-    Ok(path)
+    // Nodes run in the data root: a relative path must not be resolved there.
+    std::fs::canonicalize(&path)
+        .map_err(|e| ClusterError::io(format!("meridian binary {}", path.display()), e))
 }
 
 /// Lines of one node: the in-memory tail plus the forwarding destination.
@@ -836,4 +838,19 @@ fn launcher_tls(
         .ca_certificate(Certificate::from_pem(read(tls.dir.join(super::certs::CA_CERT_FILE))?))
         .identity(Identity::from_pem(read(cert)?, read(key)?))
         .domain_name(crate::config::DEFAULT_PEER_DOMAIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_binary_is_made_absolute_before_nodes_change_directory() {
+        let manifest = Manifest::embedded_default().expect("manifest");
+        // Tests run in the package root, where Cargo.toml is a file.
+        let path = resolve_binary(Some(Path::new("Cargo.toml")), &manifest).expect("resolve");
+        assert!(path.is_absolute(), "{}", path.display());
+        assert!(path.ends_with("Cargo.toml"));
+        assert!(resolve_binary(Some(Path::new("no/such/meridian")), &manifest).is_err());
+    }
 }
