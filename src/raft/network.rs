@@ -6,13 +6,16 @@
 //! gRPC deadline and as a local timeout. Payloads are postcard-encoded openraft
 //! messages; the envelope carries the cluster name, the target id and our HLC.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -43,6 +46,9 @@ pub const PEER_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// heartbeat deadline only makes the leader send it again (64 KiB puts used to stall
 /// that way: docs/PERFORMANCE.md).
 pub const PEER_MIN_BYTES_PER_SEC: f64 = 32.0 * 1024.0 * 1024.0;
+/// AppendEntries requests in flight on one replication stream (the follower side of
+/// openraft buffers 64).
+pub const APPEND_WINDOW: usize = 64;
 /// Snapshot chunks buffered ahead of the network, per transfer.
 pub const SNAPSHOT_SEND_QUEUE: usize = 4;
 
@@ -180,7 +186,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES)
             })
             .map_err(|e| format!("bad raft address {:?}: {e}", node.raft_addr));
-        Connection { target, client, net: self.inner.clone() }
+        Connection { target, client, net: self.inner.clone(), streaming: true }
     }
 }
 
@@ -189,6 +195,47 @@ pub struct Connection {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
     net: Arc<NetInner>,
+    /// Whether the peer serves `AppendStream` (false after UNIMPLEMENTED: an older
+    /// node during a rolling upgrade; then one AppendEntries at a time).
+    streaming: bool,
+}
+
+/// The requests of one replication stream that are sent and not answered yet: at
+/// most [`APPEND_WINDOW`], each with when it was sent and its size.
+struct Window {
+    permits: Arc<tokio::sync::Semaphore>,
+    unanswered: Mutex<VecDeque<(Instant, usize)>>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(APPEND_WINDOW)),
+            unanswered: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, usize)>> {
+        self.unanswered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sent(&self, bytes: usize) {
+        self.lock().push_back((Instant::now(), bytes));
+    }
+
+    fn answered(&self) {
+        if self.lock().pop_front().is_some() {
+            self.permits.add_permits(1);
+        }
+    }
+
+    /// Whether the oldest unanswered request is older than `ttl` plus the time to move
+    /// every unanswered byte ([`payload_ttl`]).
+    fn overdue(&self, ttl: Duration) -> bool {
+        let q = self.lock();
+        let bytes = q.iter().map(|(_, b)| b).sum();
+        q.front().is_some_and(|(at, _)| at.elapsed() > payload_ttl(ttl, bytes))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,8 +309,114 @@ impl Connection {
     }
 }
 
+type AppendResults<'s> =
+    BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+impl Connection {
+    /// Replicate over one `AppendStream` call: requests go out as openraft produces
+    /// them, up to [`APPEND_WINDOW`] unanswered, so a commit-index update in flight no
+    /// longer holds back the next entries (one AppendEntries at a time cost a round
+    /// trip per write at low concurrency). Replies come back in request order on the
+    /// same HTTP/2 stream. The stream fails when the oldest unanswered request is
+    /// overdue (see [`Window::overdue`]), so a stalled or partitioned peer is noticed
+    /// as with single RPCs.
+    async fn open_append_stream<S>(
+        &mut self,
+        input: S,
+        option: RPCOption,
+    ) -> Result<AppendResults<'static>, RPCError<TypeConfig>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let mut client = self.client()?;
+        let window = Arc::new(Window::new());
+        let (net, target) = (self.net.clone(), self.target);
+        let outbound = futures::stream::unfold((input, window.clone()), move |(mut input, w)| {
+            let net = net.clone();
+            async move {
+                // Take a slot before pulling the next request from openraft.
+                let permit = w.permits.clone().acquire_owned().await.ok()?;
+                let req = input.next().await?;
+                let payload = match postcard::to_stdvec(&req) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode an AppendEntries request");
+                        return None;
+                    }
+                };
+                permit.forget();
+                w.sent(payload.len());
+                let hlc = Some(net.hlc.now().into());
+                let msg = pb::RaftRequest {
+                    cluster_name: net.cluster_name.clone(),
+                    target,
+                    payload,
+                    hlc,
+                };
+                Some((msg, (input, w)))
+            }
+        });
+        let ttl = option.hard_ttl();
+        let call = tokio::time::timeout(ttl, client.append_stream(tonic::Request::new(outbound)));
+        let inbound = match call.await {
+            Err(_) => {
+                return Err(net_err(format!("stream to node {target} timed out after {ttl:?}")))
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                tracing::info!(target, "peer has no AppendStream: one AppendEntries at a time");
+                self.streaming = false;
+                return Err(status_err(s));
+            }
+            Ok(Err(s)) => return Err(status_err(s)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let replies = futures::stream::unfold(Some((inbound, window)), move |state| async move {
+            let (mut inbound, window) = state?;
+            loop {
+                let item = match tokio::time::timeout(ttl, inbound.message()).await {
+                    Err(_) if window.overdue(ttl) => Err(net_err(format!(
+                        "node {target} did not answer a replication request in time"
+                    ))),
+                    Err(_) => continue,
+                    Ok(Ok(None)) => return None,
+                    Ok(Err(s)) => Err(status_err(s)),
+                    Ok(Ok(Some(reply))) => {
+                        window.answered();
+                        postcard::from_bytes::<StreamAppendResult<TypeConfig>>(&reply.payload)
+                            .map_err(|e| net_err(format!("decode: {e}")))
+                    }
+                };
+                // After an error, a conflict or a higher vote the stream is over.
+                let go_on = matches!(item, Ok(Ok(_)));
+                return Some((item, go_on.then_some((inbound, window))));
+            }
+        });
+        Ok(Box::pin(replies))
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Connection {
     type SnapshotData = std::fs::File;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<AppendResults<'s>, RPCError<TypeConfig>>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        // A single request (openraft's heartbeats and probes) has nothing to pipeline:
+        // it goes as one AppendEntries call.
+        let single = input.size_hint().1.is_some_and(|n| n <= 1);
+        if single || !self.streaming {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move { self.open_append_stream(input, option).await })
+    }
 
     async fn append_entries(
         &mut self,
@@ -376,7 +529,177 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
+    use tonic::{Request, Response, Status, Streaming};
+
     use super::*;
+
+    /// How the stub peer answers `AppendStream`.
+    #[derive(Clone, Copy)]
+    enum StreamMode {
+        /// An older node: UNIMPLEMENTED.
+        Unimplemented,
+        /// Accepts the stream and never answers (a stalled peer).
+        Silent,
+    }
+
+    /// A peer that answers AppendEntries with success and AppendStream per its mode.
+    #[derive(Clone)]
+    struct Stub(StreamMode);
+
+    fn success() -> Result<Response<pb::RaftReply>, Status> {
+        let resp = AppendEntriesResponse::<TypeConfig>::Success;
+        Ok(Response::new(pb::RaftReply { payload: postcard::to_stdvec(&resp).expect("encode") }))
+    }
+
+    type Replies = Pin<Box<dyn futures::Stream<Item = Result<pb::RaftReply, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl pb::raft_server::Raft for Stub {
+        type AppendStreamStream = Replies;
+        async fn append_entries(
+            &self,
+            _: Request<pb::RaftRequest>,
+        ) -> Result<Response<pb::RaftReply>, Status> {
+            success()
+        }
+        async fn append_stream(
+            &self,
+            req: Request<Streaming<pb::RaftRequest>>,
+        ) -> Result<Response<Replies>, Status> {
+            match self.0 {
+                StreamMode::Unimplemented => Err(Status::unimplemented("old node")),
+                StreamMode::Silent => {
+                    // Read the requests (so the sender's window fills) and never answer.
+                    let mut inbound = req.into_inner();
+                    tokio::spawn(async move { while let Some(Ok(_)) = inbound.next().await {} });
+                    Ok(Response::new(Box::pin(futures::stream::pending())))
+                }
+            }
+        }
+        async fn vote(
+            &self,
+            _: Request<pb::RaftRequest>,
+        ) -> Result<Response<pb::RaftReply>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+        async fn pre_vote(
+            &self,
+            _: Request<pb::RaftRequest>,
+        ) -> Result<Response<pb::RaftReply>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<Streaming<pb::SnapshotChunk>>,
+        ) -> Result<Response<pb::RaftReply>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+        async fn read_index(
+            &self,
+            _: Request<pb::RaftRequest>,
+        ) -> Result<Response<pb::RaftReply>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+        async fn transfer_leader(
+            &self,
+            _: Request<pb::RaftRequest>,
+        ) -> Result<Response<pb::RaftReply>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+    }
+
+    /// A connection to a stub peer served on a free 127.0.0.1 port.
+    async fn connect(mode: StreamMode) -> Connection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(Stub(mode)))
+                .serve_with_incoming(incoming),
+        );
+        let hlc = Hlc::new(
+            1,
+            Arc::new(crate::hlc::SystemClock::new()),
+            Duration::from_secs(1),
+            Default::default(),
+        );
+        let mut net = Network::new("meridian".into(), hlc, 1024, HashMap::new(), None);
+        let node = NodeInfo { api_addr: addr.clone(), raft_addr: addr, region: "r".into() };
+        net.new_client(2, &node).await
+    }
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_append_stream_gets_one_append_at_a_time() {
+        let mut conn = connect(StreamMode::Unimplemented).await;
+        let option = RPCOption::new(Duration::from_secs(5));
+        // A single request (a heartbeat) is one AppendEntries call, never a stream.
+        let input = futures::stream::iter(vec![heartbeat()]);
+        let one: Vec<_> =
+            conn.stream_append(input, option.clone()).await.expect("unary").collect().await;
+        assert!(matches!(one.as_slice(), [Ok(Ok(None))]), "{one:?}");
+        assert!(conn.streaming, "no stream was tried");
+        let input = futures::stream::iter(vec![heartbeat(), heartbeat()]);
+        assert!(conn.stream_append(input, option.clone()).await.is_err(), "UNIMPLEMENTED");
+        assert!(!conn.streaming, "remembered");
+        let input = futures::stream::iter(vec![heartbeat(), heartbeat()]);
+        let results: Vec<_> =
+            conn.stream_append(input, option).await.expect("sequential").collect().await;
+        assert_eq!(results.len(), 2);
+        assert!(results.iter().all(|r| matches!(r, Ok(Ok(None)))), "{results:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_peer_stops_answering_fails_when_a_request_is_overdue() {
+        let mut conn = connect(StreamMode::Silent).await;
+        let ttl = Duration::from_millis(200);
+        // A replication session's input: open-ended (no upper size bound).
+        let open_ended = futures::stream::poll_fn(|_| std::task::Poll::Pending);
+        let input = futures::stream::iter(vec![heartbeat()]).chain(open_ended);
+        let started = Instant::now();
+        let mut replies =
+            conn.stream_append(Box::pin(input), RPCOption::new(ttl)).await.expect("stream opens");
+        let first = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("the stream fails on its own");
+        assert!(matches!(first, Some(Err(_))), "{first:?}");
+        assert!(started.elapsed() >= ttl, "not before the deadline");
+        assert!(replies.next().await.is_none(), "then it ends");
+    }
+
+    #[test]
+    fn the_window_bounds_requests_in_flight_and_ages_the_oldest() {
+        let w = Window::new();
+        assert_eq!(w.permits.available_permits(), APPEND_WINDOW);
+        for _ in 0..3 {
+            w.permits.try_acquire().expect("slot").forget();
+            w.sent(10);
+        }
+        assert_eq!(w.permits.available_permits(), APPEND_WINDOW - 3);
+        assert!(!w.overdue(Duration::from_secs(60)));
+        assert!(
+            w.overdue(Duration::ZERO)
+                || w.lock().front().is_some_and(|(t, _)| t.elapsed().is_zero())
+        );
+        w.answered();
+        assert_eq!(w.permits.available_permits(), APPEND_WINDOW - 2);
+        w.answered();
+        w.answered();
+        w.answered(); // nothing left: no slot is made up
+        assert_eq!(w.permits.available_permits(), APPEND_WINDOW);
+        assert!(!w.overdue(Duration::ZERO), "nothing unanswered");
+    }
 
     #[test]
     fn large_payloads_get_time_to_move_and_heartbeats_keep_the_deadline() {

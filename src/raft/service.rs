@@ -6,6 +6,7 @@
 //! `max_clock_offset` ahead of our clock is refused, so a node with a runaway clock
 //! cannot drag the cluster's timestamps forward.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -108,7 +109,10 @@ impl RaftService {
     }
 
     fn decode<T: DeserializeOwned>(&self, req: Request<pb::RaftRequest>) -> Result<T, Status> {
-        let r = req.into_inner();
+        self.decode_msg(req.into_inner())
+    }
+
+    fn decode_msg<T: DeserializeOwned>(&self, r: pb::RaftRequest) -> Result<T, Status> {
         self.check(&r.cluster_name, r.target, r.hlc)?;
         postcard::from_bytes(&r.payload)
             .map_err(|e| Status::invalid_argument(format!("bad raft payload: {e}")))
@@ -139,8 +143,82 @@ fn raft_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
 
+/// Replies of one replication stream.
+pub type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::RaftReply, Status>> + Send>>;
+
+/// The requests of a replication stream, checked and decoded, until the first bad one
+/// (its status is left in `failed`). Each request's leader commit is queued in
+/// `commits` for its reply.
+fn append_requests(
+    svc: RaftService,
+    inbound: Streaming<pb::RaftRequest>,
+    commits: Arc<std::sync::Mutex<VecDeque<u64>>>,
+    failed: Arc<std::sync::Mutex<Option<Status>>>,
+) -> impl futures::Stream<Item = AppendRequest> + Send + 'static {
+    futures::stream::unfold(Some(inbound), move |inbound| {
+        let (svc, commits, failed) = (svc.clone(), commits.clone(), failed.clone());
+        async move {
+            let mut inbound = inbound?;
+            let decoded = match inbound.next().await? {
+                Ok(msg) => svc.decode_msg::<AppendRequest>(msg),
+                Err(status) => Err(status),
+            };
+            match decoded {
+                Ok(rpc) => {
+                    log_traced_entries(svc.id, &rpc.entries);
+                    let commit = rpc.leader_commit.as_ref().map_or(0, |l| l.index);
+                    commits.lock().unwrap_or_else(|e| e.into_inner()).push_back(commit);
+                    Some((rpc, Some(inbound)))
+                }
+                Err(status) => {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                    None
+                }
+            }
+        }
+    })
+}
+
+type AppendRequest = openraft::raft::AppendEntriesRequest<super::TypeConfig>;
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
+    type AppendStreamStream = AppendReplies;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::RaftRequest>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        let commits = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let input =
+            append_requests(self.clone(), req.into_inner(), commits.clone(), failed.clone());
+        let contact = self.contact.clone();
+        // openraft processes the requests in order, several in flight, and answers each
+        // in order; the stream ends after a conflict, a higher vote or a fatal error.
+        let replies = self.raft.stream_append(input).map(move |result| {
+            let commit = commits.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            match result {
+                Ok(res) => {
+                    if let (Ok(_), Some(c)) = (&res, commit) {
+                        contact.record(c);
+                    }
+                    postcard::to_stdvec(&res)
+                        .map(|payload| pb::RaftReply { payload })
+                        .map_err(|e| Status::internal(format!("encode: {e}")))
+                }
+                Err(fatal) => Err(raft_status(fatal)),
+            }
+        });
+        // A bad request ends the input; its status follows the replies to the good ones.
+        let failure = futures::stream::once(async move {
+            failed.lock().unwrap_or_else(|e| e.into_inner()).take().map(Err)
+        })
+        .filter_map(futures::future::ready);
+        Ok(Response::new(Box::pin(replies.chain(failure))))
+    }
+
     async fn append_entries(
         &self,
         req: Request<pb::RaftRequest>,
