@@ -46,9 +46,12 @@ pub const PEER_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// heartbeat deadline only makes the leader send it again (64 KiB puts used to stall
 /// that way: docs/PERFORMANCE.md).
 pub const PEER_MIN_BYTES_PER_SEC: f64 = 32.0 * 1024.0 * 1024.0;
-/// AppendEntries requests in flight on one replication stream (the follower side of
-/// openraft buffers 64).
+/// Requests unanswered on one replication stream, at most (at most one of them with
+/// entries, see `Window`; the follower side of openraft buffers 64).
 pub const APPEND_WINDOW: usize = 64;
+/// Largest batch of entries after which the next request may still overtake an
+/// unanswered entry-less one (see `Window`).
+pub const PIPELINE_MAX_BATCH: usize = 4;
 /// Snapshot chunks buffered ahead of the network, per transfer.
 pub const SNAPSHOT_SEND_QUEUE: usize = 4;
 
@@ -200,41 +203,95 @@ pub struct Connection {
     streaming: bool,
 }
 
-/// The requests of one replication stream that are sent and not answered yet: at
-/// most [`APPEND_WINDOW`], each with when it was sent and its size.
+/// One unanswered request of a replication stream.
+#[derive(Debug, Clone, Copy)]
+struct Unanswered {
+    sent: Instant,
+    bytes: usize,
+    entries: usize,
+}
+
+/// What the sender of a replication stream waits on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    /// Requests unanswered.
+    all: usize,
+    /// Of those, requests carrying entries.
+    with_entries: usize,
+    /// Entries of the last request that carried any.
+    last_batch: usize,
+}
+
+impl Counts {
+    /// Whether the next request may be pulled (see [`Window`]).
+    fn ready(&self) -> bool {
+        self.all == 0
+            || (self.all < APPEND_WINDOW
+                && self.with_entries == 0
+                && self.last_batch <= PIPELINE_MAX_BATCH)
+    }
+}
+
+/// The requests of one replication stream that are sent and not answered yet.
+///
+/// The next request may be pulled from openraft when nothing is unanswered, or when
+/// fewer than [`APPEND_WINDOW`] are, **none of them carries entries**, and the last
+/// batch of entries was small (at most [`PIPELINE_MAX_BATCH`]). So at low load an
+/// entry-less request (a commit-index update) in flight never holds back the next
+/// entries (which cost a round trip per write at one client), while under load,
+/// where batches are large, requests go one at a time and each carries everything
+/// that accumulated meanwhile (smaller, more frequent batches cost the followers more
+/// CPU per write: -7 % puts/s at 64 clients when only entries were held back).
 struct Window {
-    permits: Arc<tokio::sync::Semaphore>,
-    unanswered: Mutex<VecDeque<(Instant, usize)>>,
+    counts: tokio::sync::watch::Sender<Counts>,
+    unanswered: Mutex<VecDeque<Unanswered>>,
 }
 
 impl Window {
     fn new() -> Self {
         Self {
-            permits: Arc::new(tokio::sync::Semaphore::new(APPEND_WINDOW)),
+            counts: tokio::sync::watch::Sender::new(Counts::default()),
             unanswered: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, usize)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Unanswered>> {
         self.unanswered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sent(&self, bytes: usize) {
-        self.lock().push_back((Instant::now(), bytes));
+    /// Wait until the next request may be pulled (see the type docs).
+    async fn ready(&self) {
+        let mut rx = self.counts.subscribe();
+        // The sender lives in `self`: the wait cannot fail.
+        let _ = rx.wait_for(Counts::ready).await;
+    }
+
+    fn sent(&self, bytes: usize, entries: usize) {
+        let mut q = self.lock();
+        q.push_back(Unanswered { sent: Instant::now(), bytes, entries });
+        self.publish(&q, (entries > 0).then_some(entries));
     }
 
     fn answered(&self) {
-        if self.lock().pop_front().is_some() {
-            self.permits.add_permits(1);
-        }
+        let mut q = self.lock();
+        q.pop_front();
+        self.publish(&q, None);
+    }
+
+    fn publish(&self, q: &VecDeque<Unanswered>, batch: Option<usize>) {
+        let with_entries = q.iter().filter(|u| u.entries > 0).count();
+        debug_assert!(q.len() <= APPEND_WINDOW && with_entries <= 1, "window bounds");
+        self.counts.send_modify(|c| {
+            *c = Counts { all: q.len(), with_entries, last_batch: batch.unwrap_or(c.last_batch) };
+        });
     }
 
     /// Whether the oldest unanswered request is older than `ttl` plus the time to move
     /// every unanswered byte ([`payload_ttl`]).
     fn overdue(&self, ttl: Duration) -> bool {
         let q = self.lock();
-        let bytes = q.iter().map(|(_, b)| b).sum();
-        q.front().is_some_and(|(at, _)| at.elapsed() > payload_ttl(ttl, bytes))
+        let bytes = q.iter().map(|u| u.bytes).sum();
+        q.front().is_some_and(|u| u.sent.elapsed() > payload_ttl(ttl, bytes))
     }
 }
 
@@ -314,9 +371,9 @@ type AppendResults<'s> =
 
 impl Connection {
     /// Replicate over one `AppendStream` call: requests go out as openraft produces
-    /// them, up to [`APPEND_WINDOW`] unanswered, so a commit-index update in flight no
-    /// longer holds back the next entries (one AppendEntries at a time cost a round
-    /// trip per write at low concurrency). Replies come back in request order on the
+    /// them while the [`Window`] allows, so a commit-index update in flight no longer
+    /// holds back the next entries (one AppendEntries at a time cost a round trip per
+    /// write at low concurrency). Replies come back in request order on the
     /// same HTTP/2 stream. The stream fails when the oldest unanswered request is
     /// overdue (see [`Window::overdue`]), so a stalled or partitioned peer is noticed
     /// as with single RPCs.
@@ -334,8 +391,8 @@ impl Connection {
         let outbound = futures::stream::unfold((input, window.clone()), move |(mut input, w)| {
             let net = net.clone();
             async move {
-                // Take a slot before pulling the next request from openraft.
-                let permit = w.permits.clone().acquire_owned().await.ok()?;
+                // Wait for room before pulling the next request from openraft.
+                w.ready().await;
                 let req = input.next().await?;
                 let payload = match postcard::to_stdvec(&req) {
                     Ok(p) => p,
@@ -344,8 +401,7 @@ impl Connection {
                         return None;
                     }
                 };
-                permit.forget();
-                w.sent(payload.len());
+                w.sent(payload.len(), req.entries.len());
                 let hlc = Some(net.hlc.now().into());
                 let msg = pb::RaftRequest {
                     cluster_name: net.cluster_name.clone(),
@@ -533,6 +589,8 @@ mod tests {
 
     use tonic::{Request, Response, Status, Streaming};
 
+    use futures::FutureExt;
+
     use super::*;
 
     /// How the stub peer answers `AppendStream`.
@@ -678,27 +736,48 @@ mod tests {
         assert!(replies.next().await.is_none(), "then it ends");
     }
 
-    #[test]
-    fn the_window_bounds_requests_in_flight_and_ages_the_oldest() {
+    #[tokio::test]
+    async fn the_window_holds_entries_behind_entries_but_not_behind_commit_updates() {
         let w = Window::new();
-        assert_eq!(w.permits.available_permits(), APPEND_WINDOW);
-        for _ in 0..3 {
-            w.permits.try_acquire().expect("slot").forget();
-            w.sent(10);
-        }
-        assert_eq!(w.permits.available_permits(), APPEND_WINDOW - 3);
+        let ready = |w: &Window| w.ready().now_or_never().is_some();
+        assert!(ready(&w));
+        w.sent(10, 0);
+        w.sent(10, 0);
+        assert!(ready(&w), "commit-index updates in flight do not hold the next request");
+        w.sent(300, 1);
+        assert!(!ready(&w), "entries in flight: the next batch waits");
         assert!(!w.overdue(Duration::from_secs(60)));
+        w.answered();
+        w.answered();
+        assert!(!ready(&w));
+        w.answered();
+        assert!(ready(&w), "the entries were answered");
+        for _ in 0..APPEND_WINDOW {
+            w.sent(10, 0);
+        }
+        assert!(!ready(&w), "at most APPEND_WINDOW unanswered");
+        w.answered();
+        assert!(ready(&w));
         assert!(
             w.overdue(Duration::ZERO)
-                || w.lock().front().is_some_and(|(t, _)| t.elapsed().is_zero())
+                || w.lock().front().is_some_and(|u| u.sent.elapsed().is_zero())
         );
-        w.answered();
-        assert_eq!(w.permits.available_permits(), APPEND_WINDOW - 2);
-        w.answered();
-        w.answered();
-        w.answered(); // nothing left: no slot is made up
-        assert_eq!(w.permits.available_permits(), APPEND_WINDOW);
+        while !w.lock().is_empty() {
+            w.answered();
+        }
+        w.answered(); // nothing left
         assert!(!w.overdue(Duration::ZERO), "nothing unanswered");
+        // Under load (a large last batch) requests go one at a time.
+        w.sent(9_000, PIPELINE_MAX_BATCH + 1);
+        w.answered();
+        assert!(ready(&w), "nothing unanswered");
+        w.sent(10, 0);
+        assert!(!ready(&w), "a large batch last: wait for the commit update's answer");
+        w.answered();
+        w.sent(200, PIPELINE_MAX_BATCH);
+        w.answered();
+        w.sent(10, 0);
+        assert!(ready(&w), "a small batch last: pipelined again");
     }
 
     #[test]
