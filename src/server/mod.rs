@@ -83,7 +83,9 @@ impl StartError {
     }
 }
 
-async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Store), StartError> {
+async fn build_core(
+    cfg: NodeConfig,
+) -> Result<(Arc<NodeCore>, MeridianRaft, Store, LogStore), StartError> {
     cfg.validate()?;
     let store = Store::open(&cfg.data_dir, &cfg.cluster_name, cfg.id)?;
     let clock = Arc::new(SystemClock::new());
@@ -120,7 +122,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         tls,
     );
     let rcfg = openraft_config(&cfg).map_err(|e| StartError::Raft(e.to_string()))?;
-    let raft = MeridianRaft::new(cfg.id, rcfg, network.clone(), log_store, sm)
+    let raft = MeridianRaft::new(cfg.id, rcfg, network.clone(), log_store.clone(), sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
     let limits = Limits { max_key_bytes: cfg.max_key_bytes, max_value_bytes: cfg.max_value_bytes };
@@ -140,7 +142,7 @@ async fn build_core(cfg: NodeConfig) -> Result<(Arc<NodeCore>, MeridianRaft, Sto
         freshness: Arc::default(),
         reads: Default::default(),
     };
-    Ok((Arc::new(core), raft, store))
+    Ok((Arc::new(core), raft, store, log_store))
 }
 
 async fn bootstrap(core: &NodeCore) -> Result<(), StartError> {
@@ -199,7 +201,7 @@ pub async fn run_node(
     raft_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let (core, raft, store) = build_core(cfg).await?;
+    let (core, raft, store, log_store) = build_core(cfg).await?;
     let api_layer = api_layer(&core.config)?;
     if let Some(addr) = core.config.metrics_addr {
         metrics::install_exporter(addr).map_err(StartError::Security)?;
@@ -281,7 +283,8 @@ pub async fn run_node(
     let health_task = tokio::spawn(health::run(core.clone(), health_reporter, stop_rx.clone()));
     let freshness_task = tokio::spawn(freshness::run(core.clone(), stop_rx.clone()));
     let placement_task = tokio::spawn(placement::run(core.clone(), stop_rx.clone()));
-    let snapshot_task = tokio::spawn(snapshots::run(core.clone(), store.clone(), stop_rx.clone()));
+    let snapshot_task =
+        tokio::spawn(snapshots::run(core.clone(), store.clone(), log_store, stop_rx.clone()));
     let metrics_task = tokio::spawn(metrics::run_raft_metrics(
         raft.clone(),
         core.id,

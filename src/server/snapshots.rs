@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::core::NodeCore;
-use crate::storage::log_store::WAL_DIR;
+use crate::storage::log_store::LogStore;
 use crate::storage::Store;
 
 /// How often the policy is evaluated.
@@ -49,7 +49,7 @@ pub const METRIC_TRIGGERED: &str = "meridian_snapshots_triggered_total";
 pub struct Inputs {
     /// Entries applied since the last snapshot (all applied entries if none).
     pub entries_since: u64,
-    /// Bytes of the Raft log's segment files.
+    /// Bytes of the Raft log's records (not the allocated tail of its current segment).
     pub log_bytes: u64,
     /// Bytes of the current snapshot file (0 if none).
     pub snapshot_bytes: u64,
@@ -65,45 +65,33 @@ pub fn due(inputs: Inputs, min_entries: u64, log_size_percent: u64) -> bool {
             >= u128::from(inputs.snapshot_bytes) * u128::from(log_size_percent)
 }
 
-/// Total size of the regular files in `dir` whose name satisfies `keep` (0 when the
-/// directory is missing). A file removed while listing is skipped.
-fn dir_bytes(dir: &Path, keep: impl Fn(&str) -> bool) -> u64 {
+/// Size of the current snapshot file in `dir` (0 if none). A dump's `.tmp` file is
+/// not one yet; between a dump's end and the removal of the older file two snapshot
+/// files exist, and the largest is taken, never the sum.
+pub fn snapshot_file_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
-        .filter(|e| keep(&e.file_name().to_string_lossy()))
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("snap-") && name.ends_with(".bin")
+        })
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())
-        .sum()
-}
-
-/// Sizes of the Raft log and of the current snapshot file of `store` (a dump's `.tmp`
-/// file is not one yet). Between a dump's end and the removal of the older file two
-/// snapshot files exist; the largest is taken, never the sum.
-pub fn disk_sizes(store: &Store) -> (u64, u64) {
-    let log = dir_bytes(&store.dir().join(WAL_DIR), |n| n.ends_with(".wal"));
-    let snapshot = std::fs::read_dir(store.snapshot_dir())
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.starts_with("snap-") && name.ends_with(".bin")
-                })
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
-    (log, snapshot)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Evaluate the policy every [`CHECK_INTERVAL`] and trigger a snapshot when it is due,
 /// until `stop` turns true.
-pub async fn run(core: Arc<NodeCore>, store: Store, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    core: Arc<NodeCore>,
+    store: Store,
+    log: LogStore,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let min_entries = core.config.raft.snapshot_logs_since_last;
     let percent = core.config.raft.snapshot_log_size_percent;
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
@@ -130,11 +118,12 @@ pub async fn run(core: Arc<NodeCore>, store: Store, mut stop: tokio::sync::watch
         if entries_since < min_entries {
             continue;
         }
-        let sizes = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || disk_sizes(&store)).await
+        let snapshot_bytes = {
+            let dir = store.snapshot_dir();
+            tokio::task::spawn_blocking(move || snapshot_file_bytes(&dir)).await
         };
-        let Ok((log_bytes, snapshot_bytes)) = sizes else { continue };
+        let Ok(snapshot_bytes) = snapshot_bytes else { continue };
+        let log_bytes = log.record_bytes();
         let inputs = Inputs { entries_since, log_bytes, snapshot_bytes };
         if !due(inputs, min_entries, percent) {
             continue;
@@ -176,19 +165,16 @@ mod tests {
     }
 
     #[test]
-    fn sizes_count_log_segments_and_the_largest_snapshot_file() {
+    fn the_snapshot_size_is_the_largest_finished_snapshot_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), "meridian", 1).expect("store");
-        assert_eq!(disk_sizes(&store), (0, 0));
-        let log = dir.path().join(WAL_DIR);
-        std::fs::create_dir_all(&log).expect("log dir");
-        std::fs::write(log.join("1.wal"), [0u8; 300]).expect("segment");
-        std::fs::write(log.join("900.wal"), [0u8; 200]).expect("segment");
-        std::fs::write(log.join("notes.txt"), [0u8; 50]).expect("other");
-        std::fs::create_dir_all(store.snapshot_dir()).expect("snapshot dir");
-        std::fs::write(store.snapshot_dir().join("snap-1-10.bin"), [0u8; 70]).expect("old");
-        std::fs::write(store.snapshot_dir().join("snap-1-20.bin"), [0u8; 90]).expect("new");
-        std::fs::write(store.snapshot_dir().join("snap-1-30.bin.tmp"), [0u8; 99]).expect("dump");
-        assert_eq!(disk_sizes(&store), (500, 90));
+        let snapshots = dir.path().join("snapshots");
+        assert_eq!(snapshot_file_bytes(&snapshots), 0, "no directory yet");
+        std::fs::create_dir_all(&snapshots).expect("snapshot dir");
+        assert_eq!(snapshot_file_bytes(&snapshots), 0);
+        std::fs::write(snapshots.join("snap-1-10.bin"), [0u8; 70]).expect("old");
+        std::fs::write(snapshots.join("snap-1-20.bin"), [0u8; 90]).expect("new");
+        std::fs::write(snapshots.join("snap-1-30.bin.tmp"), [0u8; 99]).expect("dump");
+        std::fs::write(snapshots.join("notes.txt"), [0u8; 200]).expect("other");
+        assert_eq!(snapshot_file_bytes(&snapshots), 90);
     }
 }

@@ -97,6 +97,12 @@ impl LogStore {
         self.stats.clone()
     }
 
+    /// Bytes of the log's records on disk (segment files without their allocated
+    /// tail).
+    pub fn record_bytes(&self) -> u64 {
+        self.wal().record_bytes()
+    }
+
     fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
         self.wal.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -351,6 +351,12 @@ impl Wal {
         Ok(())
     }
 
+    /// Bytes of the records in the segment files: the log written, without the
+    /// allocated tail of the current segment.
+    pub fn record_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.len).sum()
+    }
+
     /// Live entries with index in `start..end` (end exclusive; `None`: to the end).
     pub fn read(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
         let Some(first) = self.positions.front().map(|p| p.log_id.index) else {
@@ -556,6 +562,7 @@ mod tests {
         let seg = wal.segments.values().next().expect("segment");
         let (path, len) = (seg.path.clone(), seg.len);
         assert_eq!(size(&path), PREALLOCATE_BYTES, "allocated ahead of {len} bytes");
+        assert_eq!(wal.record_bytes(), len, "the allocated tail is not log written");
         drop(wal);
         let mut wal = Wal::open(dir.path(), None).expect("reopen");
         assert_eq!(indexes(&wal, 0, None), vec![1, 2], "zeros end the scan");
