@@ -101,8 +101,10 @@ async fn every_write_appears_once_in_order_on_every_replica_with_equal_chains() 
     cluster.start(lagging).await.expect("restart follower");
     let last = *acked.keys().last().expect("writes");
     cluster.wait_applied(last, CLUSTER_DEADLINE).await.expect("all applied");
-    let snap = cluster.status(lagging).await.expect("status").snapshot_index;
-    assert!(snap > 0, "the lagging node must have installed a snapshot");
+    cluster
+        .wait_snapshot(lagging, 1, CLUSTER_DEADLINE)
+        .await
+        .expect("the lagging node must have installed a snapshot");
 
     let mut binlogs = BTreeMap::new();
     for id in cluster.ids() {

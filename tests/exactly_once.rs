@@ -316,11 +316,10 @@ async fn replay_on_snapshot_caught_up_node(
         .expect("log purged");
     cluster.start(lagging).await.expect("restart the follower");
     cluster.wait_converged(CLUSTER_DEADLINE).await.expect("converged");
-    let snapshot_index = cluster.status(lagging).await.expect("status").snapshot_index;
-    assert!(
-        snapshot_index >= purged,
-        "node {lagging} must catch up by snapshot (snapshot_index {snapshot_index} < {purged})"
-    );
+    cluster
+        .wait_snapshot(lagging, purged, CLUSTER_DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("node {lagging} must catch up by snapshot: {e}"));
 
     let via_lagging = node_client(cluster, lagging, seed);
     replay_all(&via_lagging, sent, "through the snapshot-installed follower").await;

@@ -151,12 +151,10 @@ async fn lagging_node_catches_up_by_snapshot_after_the_log_is_purged() {
     let (records, index) = assert_replicas_identical(&cluster).await;
     let caught_up = cluster.status(lagging).await.expect("status");
     assert_eq!(caught_up.applied_index, index);
-    assert!(
-        caught_up.snapshot_index >= purged,
-        "the lagging node must have installed a snapshot covering the purged entries \
-         (snapshot_index {} < purged {purged})",
-        caught_up.snapshot_index
-    );
+    cluster
+        .wait_snapshot(lagging, purged, CLUSTER_DEADLINE)
+        .await
+        .expect("the lagging node must have installed a snapshot covering the purged entries");
     assert_eq!(records.len(), acked.len());
     assert_contains_all(&records, &acked);
 }

@@ -774,6 +774,26 @@ impl LocalCluster {
         .await
     }
 
+    /// Poll until node `id` reports a snapshot at index `at_least` or later; returns
+    /// its snapshot index. A node's applied index moves when it installs a snapshot,
+    /// its `snapshot_index` (Raft's metrics) a moment later, so a test that saw the
+    /// node apply must still wait for this.
+    pub async fn wait_snapshot(
+        &self,
+        id: u64,
+        at_least: u64,
+        timeout: Duration,
+    ) -> Result<u64, ClusterError> {
+        let what = format!("node {id} to report a snapshot at index {at_least} or later");
+        poll_until(&what, timeout, || async {
+            let s = self.status(id).await.map_err(|e| e.to_string())?;
+            (s.snapshot_index >= at_least)
+                .then_some(s.snapshot_index)
+                .ok_or(format!("snapshot_index {}", s.snapshot_index))
+        })
+        .await
+    }
+
     /// Poll `check` until it returns `Ok`, for at most `timeout` (see
     /// [`poll_until`](super::poll_until)).
     pub async fn wait_for<T, F, Fut>(
