@@ -23,6 +23,7 @@ use openraft::raft::{
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{NodeId, NodeInfo, TypeConfig};
@@ -189,7 +190,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES)
             })
             .map_err(|e| format!("bad raft address {:?}: {e}", node.raft_addr));
-        Connection { target, client, net: self.inner.clone(), streaming: true }
+        Connection { target, client, net: self.inner.clone(), streaming: true, lane: None }
     }
 }
 
@@ -201,6 +202,24 @@ pub struct Connection {
     /// Whether the peer serves `AppendStream` (false after UNIMPLEMENTED: an older
     /// node during a rolling upgrade; then one AppendEntries at a time).
     streaming: bool,
+    /// A kept-open `AppendStream` for single requests (see [`Lane`]).
+    lane: Option<Lane>,
+}
+
+/// An `AppendStream` kept open for the single requests of one connection: openraft's
+/// heartbeats (which confirm every linearizable read index) and probes. Each is one
+/// message on an open stream instead of a new HTTP/2 stream, request headers, a
+/// server task and trailers per request, which was most of a read index's cost at
+/// one client.
+///
+/// Invariant: at most one request is unanswered, and a lane whose request was not
+/// answered (error, deadline, or the caller giving up) is never reused: the call takes
+/// the lane out of the connection and puts it back only after its reply arrived, so a
+/// late reply can never be taken for the answer to a later request.
+struct Lane {
+    requests: tokio::sync::mpsc::Sender<AppendEntriesRequest<TypeConfig>>,
+    /// In a Mutex only so the connection is `Sync`; owned, it is reached by `get_mut`.
+    replies: Mutex<AppendResults<'static>>,
 }
 
 /// One unanswered request of a replication stream.
@@ -451,6 +470,53 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Send one request over the lane (opened on first use or after a failure) and
+    /// wait for its reply.
+    async fn send_on_lane(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        // Taken out: dropped unless the reply arrives (see the Lane invariant).
+        let mut lane = match self.lane.take() {
+            Some(lane) => lane,
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                match self.open_append_stream(ReceiverStream::new(rx), option.clone()).await {
+                    Ok(replies) => Lane { requests: tx, replies: Mutex::new(replies) },
+                    // An older peer (UNIMPLEMENTED cleared `streaming`): one unary call.
+                    Err(_) if !self.streaming => {
+                        let once = futures::stream::iter([req]);
+                        let mut replies =
+                            openraft::network::stream_append_sequential(self, once, option).await?;
+                        let none = || net_err("no reply to a single request".into());
+                        return replies.next().await.unwrap_or_else(|| Err(none()));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if lane.requests.send(req).await.is_err() {
+            return Err(net_err(format!("stream to node {} closed", self.target)));
+        }
+        let ttl = option.hard_ttl();
+        let replies = lane.replies.get_mut().unwrap_or_else(|e| e.into_inner());
+        let reply = match tokio::time::timeout(ttl, replies.next()).await {
+            Err(_) => {
+                return Err(net_err(format!("node {} did not answer in {ttl:?}", self.target)))
+            }
+            Ok(None) => return Err(net_err(format!("stream to node {} ended", self.target))),
+            Ok(Some(reply)) => reply,
+        };
+        // A conflict or a higher vote ends the stream on the peer: open a new one next time.
+        if matches!(reply, Ok(Ok(_))) {
+            self.lane = Some(lane);
+        }
+        reply
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for Connection {
     type SnapshotData = std::fs::File;
 
@@ -465,11 +531,21 @@ impl RaftNetworkV2<TypeConfig> for Connection {
             + Unpin
             + 'static,
     {
-        // A single request (openraft's heartbeats and probes) has nothing to pipeline:
-        // it goes as one AppendEntries call.
-        let single = input.size_hint().1.is_some_and(|n| n <= 1);
-        if single || !self.streaming {
+        if !self.streaming {
             return openraft::network::stream_append_sequential(self, input, option);
+        }
+        // A single request (openraft's heartbeats and probes) has nothing to pipeline:
+        // it goes over the connection's kept-open lane.
+        let single = input.size_hint().1.is_some_and(|n| n <= 1);
+        if single {
+            return Box::pin(async move {
+                let mut input = input;
+                let Some(req) = input.next().await else {
+                    return Ok(futures::stream::empty().boxed());
+                };
+                let reply = self.send_on_lane(req, option).await;
+                Ok(futures::stream::once(futures::future::ready(reply)).boxed())
+            });
         }
         Box::pin(async move { self.open_append_stream(input, option).await })
     }
@@ -561,7 +637,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         });
         let mut client = self.client().map_err(to_stream)?;
         let ttl = option.hard_ttl();
-        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
         request.set_timeout(ttl);
         let send = async {
             tokio::time::timeout(ttl, client.install_snapshot(request))
@@ -600,11 +676,27 @@ mod tests {
         Unimplemented,
         /// Accepts the stream and never answers (a stalled peer).
         Silent,
+        /// Answers every request of a stream with success.
+        Answering,
     }
 
-    /// A peer that answers AppendEntries with success and AppendStream per its mode.
+    /// A peer that answers AppendEntries with success and AppendStream per its mode,
+    /// counting the calls of each.
     #[derive(Clone)]
-    struct Stub(StreamMode);
+    struct Stub(StreamMode, Arc<Calls>);
+
+    #[derive(Default)]
+    struct Calls {
+        unary: std::sync::atomic::AtomicUsize,
+        streams: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Calls {
+        fn get(&self) -> (usize, usize) {
+            use std::sync::atomic::Ordering::SeqCst;
+            (self.unary.load(SeqCst), self.streams.load(SeqCst))
+        }
+    }
 
     fn success() -> Result<Response<pb::RaftReply>, Status> {
         let resp = AppendEntriesResponse::<TypeConfig>::Success;
@@ -620,13 +712,23 @@ mod tests {
             &self,
             _: Request<pb::RaftRequest>,
         ) -> Result<Response<pb::RaftReply>, Status> {
+            self.1.unary.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             success()
         }
         async fn append_stream(
             &self,
             req: Request<Streaming<pb::RaftRequest>>,
         ) -> Result<Response<Replies>, Status> {
+            self.1.streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match self.0 {
+                StreamMode::Answering => {
+                    let ok = StreamAppendResult::<TypeConfig>::Ok(None);
+                    let payload = postcard::to_stdvec(&ok).expect("encode");
+                    let replies = req
+                        .into_inner()
+                        .map(move |r| r.map(|_| pb::RaftReply { payload: payload.clone() }));
+                    Ok(Response::new(Box::pin(replies)))
+                }
                 StreamMode::Unimplemented => Err(Status::unimplemented("old node")),
                 StreamMode::Silent => {
                     // Read the requests (so the sender's window fills) and never answer.
@@ -670,12 +772,18 @@ mod tests {
 
     /// A connection to a stub peer served on a free 127.0.0.1 port.
     async fn connect(mode: StreamMode) -> Connection {
+        connect_counting(mode).await.0
+    }
+
+    /// [`connect`], with the stub's call counts.
+    async fn connect_counting(mode: StreamMode) -> (Connection, Arc<Calls>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let calls = Arc::new(Calls::default());
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(pb::raft_server::RaftServer::new(Stub(mode)))
+                .add_service(pb::raft_server::RaftServer::new(Stub(mode, calls.clone())))
                 .serve_with_incoming(incoming),
         );
         let hlc = Hlc::new(
@@ -686,7 +794,16 @@ mod tests {
         );
         let mut net = Network::new("meridian".into(), hlc, 1024, HashMap::new(), None);
         let node = NodeInfo { api_addr: addr.clone(), raft_addr: addr, region: "r".into() };
-        net.new_client(2, &node).await
+        (net.new_client(2, &node).await, calls)
+    }
+
+    /// Send one request the way openraft's heartbeat worker does.
+    async fn single(
+        conn: &mut Connection,
+        ttl: Duration,
+    ) -> Vec<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        let input = Box::pin(futures::stream::once(async { heartbeat() }));
+        conn.stream_append(input, RPCOption::new(ttl)).await.expect("call").collect().await
     }
 
     fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
@@ -700,14 +817,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_without_append_stream_gets_one_append_at_a_time() {
-        let mut conn = connect(StreamMode::Unimplemented).await;
+        let (mut conn, calls) = connect_counting(StreamMode::Unimplemented).await;
         let option = RPCOption::new(Duration::from_secs(5));
-        // A single request (a heartbeat) is one AppendEntries call, never a stream.
-        let input = futures::stream::iter(vec![heartbeat()]);
-        let one: Vec<_> =
-            conn.stream_append(input, option.clone()).await.expect("unary").collect().await;
+        // A single request (a heartbeat) tries the lane, then falls back in the same call.
+        let one = single(&mut conn, Duration::from_secs(5)).await;
         assert!(matches!(one.as_slice(), [Ok(Ok(None))]), "{one:?}");
-        assert!(conn.streaming, "no stream was tried");
+        assert!(!conn.streaming, "remembered");
+        assert_eq!(calls.get(), (1, 1));
+        let one = single(&mut conn, Duration::from_secs(5)).await;
+        assert!(matches!(one.as_slice(), [Ok(Ok(None))]), "{one:?}");
+        assert_eq!(calls.get(), (2, 1), "no stream tried again");
+        let mut conn = connect(StreamMode::Unimplemented).await;
         let input = futures::stream::iter(vec![heartbeat(), heartbeat()]);
         assert!(conn.stream_append(input, option.clone()).await.is_err(), "UNIMPLEMENTED");
         assert!(!conn.streaming, "remembered");
@@ -734,6 +854,38 @@ mod tests {
         assert!(matches!(first, Some(Err(_))), "{first:?}");
         assert!(started.elapsed() >= ttl, "not before the deadline");
         assert!(replies.next().await.is_none(), "then it ends");
+    }
+
+    #[tokio::test]
+    async fn single_requests_share_one_kept_open_stream() {
+        let (mut conn, calls) = connect_counting(StreamMode::Answering).await;
+        for _ in 0..5 {
+            let one = single(&mut conn, Duration::from_secs(5)).await;
+            assert!(matches!(one.as_slice(), [Ok(Ok(None))]), "{one:?}");
+        }
+        assert_eq!(calls.get(), (0, 1), "five heartbeats, one stream, no unary call");
+    }
+
+    #[tokio::test]
+    async fn a_lane_whose_reply_is_overdue_is_not_reused() {
+        let (mut conn, calls) = connect_counting(StreamMode::Silent).await;
+        let ttl = Duration::from_millis(100);
+        let one = single(&mut conn, ttl).await;
+        assert!(matches!(one.as_slice(), [Err(_)]), "{one:?}");
+        assert!(conn.lane.is_none(), "dropped: a late reply must not answer the next request");
+        let one = single(&mut conn, ttl).await;
+        assert!(matches!(one.as_slice(), [Err(_)]), "{one:?}");
+        assert_eq!(calls.get(), (0, 2), "the next request opened a new stream");
+        // A caller giving up mid-request (openraft's own timeout) drops the lane too.
+        let input = Box::pin(futures::stream::once(async { heartbeat() }));
+        let call = async {
+            let mut out = conn.stream_append(input, RPCOption::new(Duration::from_secs(5))).await;
+            if let Ok(out) = &mut out {
+                out.next().await;
+            }
+        };
+        assert!(tokio::time::timeout(ttl, call).await.is_err(), "still waiting");
+        assert!(conn.lane.is_none());
     }
 
     #[tokio::test]

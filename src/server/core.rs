@@ -254,6 +254,7 @@ impl NodeCore {
     /// One read index (local, or from the leader for a follower) and the wait until
     /// the local state machine has applied it.
     async fn linearizable_barrier(&self, deadline: Instant) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         let local = tokio::time::timeout_at(
             deadline,
             self.raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex),
@@ -272,9 +273,16 @@ impl NodeCore {
                 return Err(Error::Unavailable(format!("raft stopped: {f}")))
             }
         };
+        let indexed = std::time::Instant::now();
+        metrics::histogram!("meridian_read_index_duration_seconds")
+            .record(indexed.duration_since(started).as_secs_f64());
         let left = deadline.saturating_duration_since(Instant::now());
         match lin.try_await_ready(&self.raft, Some(left)).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                metrics::histogram!("meridian_read_apply_wait_duration_seconds")
+                    .record(indexed.elapsed().as_secs_f64());
+                Ok(())
+            }
             Ok(Err(_)) => Err(Error::Timeout(
                 "state machine did not reach the read index before the deadline".into(),
             )),
