@@ -327,6 +327,25 @@ impl<'a> Pending<'a> {
         self.writes.insert(key, Some(value));
     }
 
+    /// Append `bytes` to the current value of `key` (creating it): for values that
+    /// collect many small items, written to sled once per flush instead of a key each.
+    /// The first append of a call copies the value from the overlay or tree.
+    pub fn append(&mut self, key: &[u8], bytes: &[u8]) -> Result<(), StorageError> {
+        if let Some(Some(v)) = self.writes.get_mut(key) {
+            v.extend_from_slice(bytes);
+            self.bytes += bytes.len();
+            return Ok(());
+        }
+        let mut value = match self.writes.get(key) {
+            Some(_) => Vec::new(), // removed in this call
+            None => self.overlay.get_with(&self.tree, key, |v| Ok(v.to_vec()))?.unwrap_or_default(),
+        };
+        value.extend_from_slice(bytes);
+        self.bytes += key.len() + value.len();
+        self.writes.insert(key.to_vec(), Some(value));
+        Ok(())
+    }
+
     /// Remove `key`.
     pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
         let key = key.into();
@@ -455,6 +474,34 @@ mod tests {
         assert_eq!(t.get(b"b").expect("get"), None);
         assert_eq!(t.get(b"c").expect("get").as_deref(), Some(&b"3"[..]));
         assert_eq!(read(b"c"), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn appends_extend_the_value_of_whichever_layer_holds_it() {
+        let (_d, t) = tree();
+        t.insert(b"a", b"1").expect("insert");
+        let o = Overlay::default();
+        let get = |p: &Pending<'_>, k: &[u8]| p.get_with(k, |v| Ok(v.to_vec())).expect("get");
+        let mut p = Pending::new(t.clone(), &o);
+        p.append(b"a", b"2").expect("append"); // from the tree
+        p.append(b"a", b"3").expect("append"); // in this buffer
+        p.append(b"new", b"x").expect("append"); // nowhere yet
+        assert_eq!(get(&p, b"a"), Some(b"123".to_vec()));
+        p.publish(1);
+        p.append(b"a", b"4").expect("append"); // from the published overlay
+        p.remove(b"new".to_vec());
+        p.append(b"new", b"y").expect("append"); // removed in this call: starts empty
+        assert_eq!(get(&p, b"a"), Some(b"1234".to_vec()));
+        assert_eq!(get(&p, b"new"), Some(b"y".to_vec()));
+        assert_eq!(
+            o.get_with(&t, b"a", |v| Ok(v.to_vec())).expect("get"),
+            Some(b"123".to_vec()),
+            "the published value is not changed in place"
+        );
+        p.publish(1);
+        o.flush(&t).expect("flush");
+        assert_eq!(t.get(b"a").expect("get").as_deref(), Some(&b"1234"[..]));
+        assert_eq!(t.get(b"new").expect("get").as_deref(), Some(&b"y"[..]));
     }
 
     #[test]

@@ -5,9 +5,17 @@
 //! - `k<key>` → [`Record`]
 //! - `m<name>` → metadata: `mstate` ([`SmState`]: applied log id, last HLC, binlog chain
 //!   head and count, exactly-once count; one key written once per batch), membership
-//! - `d<request_id>` → [`DedupEntry`] (exactly-once table)
-//!   (its age order is kept in memory: [`DedupIndex`]; trees written before that held
-//!   an `e<wall_ns BE><request_id>` index, removed on open and skipped on install)
+//! - `q<chunk BE u64>` → the exactly-once table: the [`DedupEntry`]s of the requests
+//!   applied at revisions `chunk * 64 .. chunk * 64 + 63`, each postcard-encoded as
+//!   `(request id, entry)` and concatenated in apply order. A write appends to one
+//!   chunk instead of inserting a key of its own (sled's cost is per key written:
+//!   one key fewer per write, and evicting an id removes nothing until its whole
+//!   chunk is dead). Ids are evicted in revision order, so `mdedup_floor` (the oldest
+//!   revision that may still be live) says which entries of the chunks are live; a
+//!   chunk is removed once the floor has passed it. Which ids are live is kept in
+//!   memory: [`DedupIndex`]. Trees written before chunks held one `d<request_id>` key
+//!   per entry, and before that an `e<wall_ns BE><request_id>` age index: both are
+//!   converted (`d`) or removed (`e`) on open and after an install.
 //! - `s<saga_id>` → [`Saga`] (the replicated saga table); `c<closed wall_ns BE><id>`
 //!   indexes closed sagas, forgotten once older than the binlog retention age
 //! - `b<revision BE><index BE>` → binlog events and `mbinlog_*` metadata (see
@@ -38,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{apply_command, StateView};
 use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
-use super::dedup_index::DedupIndex;
+use super::dedup_index::{DedupIndex, Remembered};
 use super::pending::{Overlay, Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
 use super::snapshot::{write_snapshot, SnapshotReader};
 use super::time_index::TimeIndex;
@@ -52,7 +60,14 @@ const SAGA: u8 = b's';
 const SAGA_CLOSED: u8 = b'c';
 /// Max closed sagas forgotten per applied entry (bounds apply latency).
 pub const SAGA_EVICT_PER_APPLY: usize = 16;
-const DEDUP: u8 = b'd';
+/// Legacy prefix of one exactly-once entry per key (converted to chunks on open).
+const LEGACY_DEDUP: u8 = b'd';
+/// Prefix of the exactly-once table's chunks.
+const DEDUP_CHUNK: u8 = b'q';
+/// Revisions per chunk of the exactly-once table (replicated layout: a constant).
+const DEDUP_CHUNK_REVISIONS: u64 = 64;
+/// The oldest revision whose exactly-once entry may still be live.
+const DEDUP_FLOOR: &[u8] = b"mdedup_floor";
 /// Prefix of the former on-disk expiry index of the exactly-once table (legacy).
 const LEGACY_EXPIRY: u8 = b'e';
 const MEMBERSHIP: &[u8] = b"mmembership";
@@ -124,11 +139,52 @@ fn saga_closed_key(wall_ns: u64, id: &str) -> Vec<u8> {
     k
 }
 
-fn dedup_key(id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.len() + 1);
-    k.push(DEDUP);
-    k.extend_from_slice(id.as_bytes());
+/// The key of the exactly-once chunk holding the entry applied at `revision`.
+fn dedup_chunk_key(revision: u64) -> [u8; 9] {
+    let mut k = [DEDUP_CHUNK; 9];
+    k[1..].copy_from_slice(&(revision / DEDUP_CHUNK_REVISIONS).to_be_bytes());
     k
+}
+
+/// One entry of an exactly-once chunk, encoded.
+fn encode_dedup_item(id: &str, entry: &DedupEntry) -> Result<Vec<u8>, StorageError> {
+    encode(&(id, entry))
+}
+
+/// The entries of an exactly-once chunk, in the order they were appended.
+fn dedup_items(
+    mut chunk: &[u8],
+) -> impl Iterator<Item = Result<(String, DedupEntry), StorageError>> + '_ {
+    std::iter::from_fn(move || {
+        if chunk.is_empty() {
+            return None;
+        }
+        match postcard::take_from_bytes::<(String, DedupEntry)>(chunk) {
+            Ok((item, rest)) => {
+                chunk = rest;
+                Some(Ok(item))
+            }
+            Err(e) => {
+                chunk = &[];
+                Some(Err(StorageError::Corrupt(format!("exactly-once chunk: {e}"))))
+            }
+        }
+    })
+}
+
+/// The entry of `id` applied at `revision`, from its chunk.
+fn find_dedup_entry(
+    chunk: &[u8],
+    id: &str,
+    revision: u64,
+) -> Result<Option<DedupEntry>, StorageError> {
+    for item in dedup_items(chunk) {
+        let (item_id, entry) = item?;
+        if entry.result.revision == revision && item_id == id {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
 }
 
 /// Remove the legacy expiry index (see the module doc) from `tree`.
@@ -147,15 +203,58 @@ fn drop_legacy_expiry(tree: &sled::Tree) -> Result<(), StorageError> {
     }
 }
 
-/// Build the exactly-once table's in-memory index from `tree`.
-fn load_dedup_index(tree: &sled::Tree) -> Result<DedupIndex, StorageError> {
-    DedupIndex::load(tree.scan_prefix([DEDUP]).map(|kv| {
-        let (k, v) = kv?;
-        let id = std::str::from_utf8(&k[1..])
-            .map_err(|_| StorageError::Corrupt("request id is not UTF-8".into()))?;
-        let entry: DedupEntry = decode(&v)?;
-        Ok((id.to_string(), entry.wall_ns))
-    }))
+/// Convert the legacy one-key-per-id exactly-once table of `tree` (see the module
+/// doc) into chunks: a batch of ids at a time, each batch atomic (its chunks and the
+/// removal of its keys), so an interrupted conversion resumes without duplicates.
+fn migrate_legacy_dedup(tree: &sled::Tree) -> Result<(), StorageError> {
+    loop {
+        let mut chunks: std::collections::BTreeMap<[u8; 9], Vec<u8>> = Default::default();
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in tree.scan_prefix([LEGACY_DEDUP]).take(INSTALL_BATCH_ITEMS) {
+            let (k, v) = kv?;
+            let id = std::str::from_utf8(&k[1..])
+                .map_err(|_| StorageError::Corrupt("request id is not UTF-8".into()))?;
+            let entry: DedupEntry = decode(&v)?;
+            let key = dedup_chunk_key(entry.result.revision);
+            let chunk = match chunks.entry(key) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(tree.get(key)?.map(|c| c.to_vec()).unwrap_or_default())
+                }
+            };
+            chunk.extend_from_slice(&encode_dedup_item(id, &entry)?);
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        for (k, v) in chunks {
+            batch.insert(&k[..], v);
+        }
+        tree.apply_batch(batch)?;
+    }
+}
+
+/// Build the exactly-once table's in-memory index from `tree`; returns it and the
+/// table's floor revision.
+fn load_dedup_index(tree: &sled::Tree) -> Result<(DedupIndex, u64), StorageError> {
+    let floor: u64 = get_meta(tree, DEDUP_FLOOR)?.unwrap_or(0);
+    let chunks = tree.range(dedup_chunk_key(floor).to_vec()..vec![DEDUP_CHUNK + 1]);
+    let mut items = Vec::new();
+    for kv in chunks {
+        let (_, chunk) = kv?;
+        for item in dedup_items(&chunk) {
+            let (id, entry) = item?;
+            // Below the floor: evicted (its chunk is still kept for younger ids).
+            if entry.result.revision >= floor {
+                let at = Remembered { revision: entry.result.revision, wall_ns: entry.wall_ns };
+                items.push(Ok((id, at)));
+            }
+        }
+    }
+    Ok((DedupIndex::load(items.into_iter())?, floor))
 }
 
 /// What changes with every applied entry (one sled key instead of five: with one
@@ -443,6 +542,8 @@ pub struct StateMachine {
     retention: RetentionLimits,
     /// Ids of the exactly-once table by id and age.
     dedup_index: DedupIndex,
+    /// The exactly-once table's floor: entries applied before it are evicted.
+    dedup_floor: u64,
     /// The tree's [`SmState`] with the entries applied into the open batch.
     state: SmState,
     /// Cached front of the closed-saga index.
@@ -479,7 +580,8 @@ impl StateMachine {
         }
         let tree = store.db().open_tree(&active)?;
         drop_legacy_expiry(&tree)?;
-        let dedup_index = load_dedup_index(&tree)?;
+        migrate_legacy_dedup(&tree)?;
+        let (dedup_index, dedup_floor) = load_dedup_index(&tree)?;
         let state = migrate_state(&tree)?;
         hlc.observe(state.last_hlc);
         let (applied, _) = tokio::sync::watch::channel(state.applied.map_or(0, |l| l.index));
@@ -499,6 +601,7 @@ impl StateMachine {
             dedup_stats: Arc::default(),
             retention: RetentionLimits::default(),
             dedup_index,
+            dedup_floor,
             state,
             closed: TimeIndex::new(SAGA_CLOSED),
             binlog_oldest_wall: None,
@@ -547,10 +650,13 @@ impl StateMachine {
             }
             EntryPayload::Normal(cmd) => {
                 // The in-memory index answers the common miss without a sled read.
-                let replay = if self.dedup_index.contains(&cmd.request_id) {
-                    pending.get_decoded::<DedupEntry>(&dedup_key(&cmd.request_id))?
-                } else {
-                    None
+                let replay = match self.dedup_index.revision_of(&cmd.request_id) {
+                    Some(rev) => pending
+                        .get_with(&dedup_chunk_key(rev), |c| {
+                            find_dedup_entry(c, &cmd.request_id, rev)
+                        })?
+                        .flatten(),
+                    None => None,
                 };
                 match replay {
                     Some(d) => {
@@ -695,22 +801,38 @@ impl StateMachine {
         result: &ApplyResult,
     ) -> Result<(), StorageError> {
         let now = result.hlc.wall_ns;
+        let revision = result.revision;
+        debug_assert!(revision >= self.dedup_floor, "apply below the exactly-once floor");
         let entry = DedupEntry { wall_ns: now, result: result.clone() };
-        pending.insert(dedup_key(id), encode(&entry)?);
-        self.dedup_index.insert(id, now);
+        pending.append(&dedup_chunk_key(revision), &encode_dedup_item(id, &entry)?)?;
+        self.dedup_index.insert(id, Remembered { revision, wall_ns: now });
         let mut count = self.state.dedup_count + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
+        let old_floor = self.dedup_floor;
+        // Chunks that may have lost their last live entry in this round.
+        let mut emptied = vec![old_floor / DEDUP_CHUNK_REVISIONS];
         for _ in 0..DEDUP_EVICT_PER_APPLY {
             let full = count > self.dedup.max_entries;
             match self.dedup_index.oldest_wall() {
                 Some(wall) if wall < cutoff || full => {}
                 _ => break,
             }
-            let Some(old) = self.dedup_index.pop_oldest() else { break };
-            pending.remove(dedup_key(&old));
+            let Some((_, evicted)) = self.dedup_index.pop_oldest() else { break };
+            debug_assert!(evicted >= self.dedup_floor, "eviction in revision order");
+            self.dedup_floor = evicted + 1;
+            emptied.push(evicted / DEDUP_CHUNK_REVISIONS);
             count -= 1;
             let stat = if full { &self.dedup_stats.evicted } else { &self.dedup_stats.expired };
             stat.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.dedup_floor != old_floor {
+            // Every entry of a chunk wholly below the floor is evicted.
+            let live_chunk = self.dedup_floor / DEDUP_CHUNK_REVISIONS;
+            emptied.dedup();
+            for chunk in emptied.into_iter().filter(|c| *c < live_chunk) {
+                pending.remove(&dedup_chunk_key(chunk * DEDUP_CHUNK_REVISIONS)[..]);
+            }
+            pending.insert(DEDUP_FLOOR, encode(&self.dedup_floor)?);
         }
         debug_assert_eq!(count, self.dedup_index.len() as u64, "dedup count vs index");
         self.state.dedup_count = count;
@@ -846,7 +968,8 @@ impl StateMachine {
         let old = old.ok_or_else(|| StorageError::Corrupt("tree swap did not run".into()))?;
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
-        self.dedup_index = load_dedup_index(&tree)?;
+        migrate_legacy_dedup(&tree)?;
+        (self.dedup_index, self.dedup_floor) = load_dedup_index(&tree)?;
         self.closed.reset();
         self.binlog_oldest_wall = None;
         self.state = state;
@@ -1372,6 +1495,57 @@ mod tests {
         assert!(f.sm.shared.tree().get(&legacy).expect("get").is_none());
         f.put(101, "a", "k").await;
         assert_eq!(f.version("k"), 1, "the reloaded index still knows the id");
+    }
+
+    #[tokio::test]
+    async fn a_legacy_key_per_id_table_is_converted_to_chunks_on_open() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            f.put(100 + i as u64, id, id).await;
+        }
+        f.sm.shared.flush().expect("flush");
+        let tree = f.sm.shared.tree();
+        let chunked = dump(&f.sm);
+        // Rewrite the table as an older version left it: one `d<id>` key per entry.
+        for kv in tree.scan_prefix([DEDUP_CHUNK]) {
+            let (k, chunk) = kv.expect("scan");
+            for item in dedup_items(&chunk) {
+                let (id, entry) = item.expect("item");
+                let mut legacy = vec![LEGACY_DEDUP];
+                legacy.extend_from_slice(id.as_bytes());
+                tree.insert(legacy, encode(&entry).expect("enc")).expect("insert");
+            }
+            tree.remove(k).expect("remove");
+        }
+        assert!(tree.scan_prefix([DEDUP_CHUNK]).next().is_none());
+        f.reopen();
+        assert_eq!(dump(&f.sm), chunked, "the same table, in chunks");
+        assert!(f.sm.shared.tree().scan_prefix([LEGACY_DEDUP]).next().is_none());
+        f.put(200, "b", "b").await;
+        assert_eq!(f.version("b"), 1, "a converted id is still deduplicated");
+    }
+
+    #[tokio::test]
+    async fn evicted_ids_leave_their_chunk_only_when_the_whole_chunk_is_evicted() {
+        let mut f = Fixture::new(DedupLimits { window_ns: u64::MAX / 2, max_entries: 3 });
+        // Revisions 1..=150 span chunks 0, 1 and 2 of 64 revisions each.
+        for i in 0..150u64 {
+            f.put(100 + i, &format!("id{i}"), "k").await;
+        }
+        f.sm.shared.flush().expect("flush");
+        let tree = f.sm.shared.tree();
+        let chunks: Vec<_> =
+            tree.scan_prefix([DEDUP_CHUNK]).keys().map(|k| k.expect("key").to_vec()).collect();
+        // Live: the last 3 ids (revisions 148..=150), all in chunk 2.
+        assert_eq!(chunks, vec![dedup_chunk_key(128).to_vec()]);
+        let floor: u64 = get_meta(&tree, DEDUP_FLOOR).expect("floor").expect("set");
+        assert_eq!(floor, 148);
+        f.reopen();
+        assert_eq!(f.sm.dedup_index.len(), 3, "evicted entries of a kept chunk stay evicted");
+        f.put(300, "id146", "k").await;
+        assert_eq!(f.version("k"), 151, "an evicted id is applied again");
+        f.put(301, "id149", "k").await;
+        assert_eq!(f.version("k"), 151, "a live id is deduplicated");
     }
 
     #[tokio::test]
