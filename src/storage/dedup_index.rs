@@ -1,11 +1,11 @@
 //! The in-memory index of the exactly-once table.
 //!
 //! The table itself lives in the state-machine tree in chunks (see
-//! [`super::state_machine`]: `q<chunk>` holds the entries of 64 consecutive revisions)
-//! and is replicated and snapshotted like everything else. This index mirrors it in
-//! memory: which ids are present and at which revision (a miss, the common case, costs
-//! no sled read; a hit reads one chunk), and their age order (eviction needs no
-//! on-disk time index).
+//! [`super::state_machine`]: `q<first revision>` holds the entries of up to 64
+//! consecutive revisions) and is replicated and snapshotted like everything else. This
+//! index mirrors it in memory: which ids are present, at which revision and in which
+//! chunk (a miss, the common case, costs no sled read; a hit reads one chunk), and
+//! their age order (eviction needs no on-disk time index).
 //!
 //! Invariant: the index holds exactly the live ids of the table as the apply overlay
 //! sees it. It is loaded from the tree when the state machine opens and after a
@@ -28,13 +28,15 @@ pub struct Remembered {
     pub revision: u64,
     /// The HLC wall time of that apply, ns.
     pub wall_ns: u64,
+    /// The chunk holding its entry (the chunk's first revision).
+    pub chunk: u64,
 }
 
 /// Ids of the exactly-once table by id and by revision.
 #[derive(Debug, Default)]
 pub struct DedupIndex {
-    by_revision: BTreeMap<u64, (Arc<str>, u64)>,
-    by_id: HashMap<Arc<str>, u64>,
+    by_revision: BTreeMap<u64, (Arc<str>, Remembered)>,
+    by_id: HashMap<Arc<str>, Remembered>,
 }
 
 impl DedupIndex {
@@ -50,8 +52,8 @@ impl DedupIndex {
         Ok(index)
     }
 
-    /// The revision `id` was applied at, when it is in the table.
-    pub fn revision_of(&self, id: &str) -> Option<u64> {
+    /// Where `id` is, when it is in the table.
+    pub fn get(&self, id: &str) -> Option<Remembered> {
         self.by_id.get(id).copied()
     }
 
@@ -63,28 +65,25 @@ impl DedupIndex {
     /// Add `id` (replacing an earlier entry of the same id).
     pub fn insert(&mut self, id: &str, at: Remembered) {
         let id: Arc<str> = Arc::from(id);
-        if let Some(old) = self.by_id.insert(id.clone(), at.revision) {
-            self.by_revision.remove(&old);
+        if let Some(old) = self.by_id.insert(id.clone(), at) {
+            self.by_revision.remove(&old.revision);
         }
-        debug_assert!(
-            self.by_revision.get(&at.revision).is_none(),
-            "one request id per revision"
-        );
-        self.by_revision.insert(at.revision, (id, at.wall_ns));
+        debug_assert!(self.by_revision.get(&at.revision).is_none(), "one request id per revision");
+        self.by_revision.insert(at.revision, (id, at));
         debug_assert_eq!(self.by_id.len(), self.by_revision.len());
     }
 
-    /// The wall time of the oldest id.
-    pub fn oldest_wall(&self) -> Option<u64> {
-        self.by_revision.first_key_value().map(|(_, (_, w))| *w)
+    /// The oldest id.
+    pub fn oldest(&self) -> Option<Remembered> {
+        self.by_revision.first_key_value().map(|(_, (_, at))| *at)
     }
 
-    /// Remove the oldest id; returns it and the revision it was applied at.
-    pub fn pop_oldest(&mut self) -> Option<(Arc<str>, u64)> {
-        let (revision, (id, _)) = self.by_revision.pop_first()?;
+    /// Remove the oldest id; returns it and where it was.
+    pub fn pop_oldest(&mut self) -> Option<(Arc<str>, Remembered)> {
+        let (_, (id, at)) = self.by_revision.pop_first()?;
         self.by_id.remove(&id);
         debug_assert_eq!(self.by_id.len(), self.by_revision.len());
-        Some((id, revision))
+        Some((id, at))
     }
 }
 
@@ -93,7 +92,7 @@ mod tests {
     use super::*;
 
     fn at(revision: u64, wall_ns: u64) -> Remembered {
-        Remembered { revision, wall_ns }
+        Remembered { revision, wall_ns, chunk: revision / 4 * 4 }
     }
 
     #[test]
@@ -104,14 +103,15 @@ mod tests {
                 .map(|(i, a)| Ok((i.to_string(), a))),
         )
         .expect("load");
-        assert_eq!(ix.revision_of("a"), Some(6));
-        assert_eq!(ix.revision_of("z"), None);
+        assert_eq!(ix.get("a"), Some(at(6, 5)));
+        assert_eq!(ix.get("z"), None);
         ix.insert("c", at(9, 9)); // applied again later: now the youngest
         assert_eq!(ix.len(), 3);
-        assert_eq!(ix.oldest_wall(), Some(5));
-        let order: Vec<(String, u64)> =
-            std::iter::from_fn(|| ix.pop_oldest()).map(|(id, r)| (id.to_string(), r)).collect();
+        assert_eq!(ix.oldest(), Some(at(6, 5)));
+        let order: Vec<(String, u64)> = std::iter::from_fn(|| ix.pop_oldest())
+            .map(|(id, a)| (id.to_string(), a.revision))
+            .collect();
         assert_eq!(order, [("a".to_string(), 6), ("b".to_string(), 7), ("c".to_string(), 9)]);
-        assert!(ix.oldest_wall().is_none() && ix.revision_of("a").is_none());
+        assert!(ix.oldest().is_none() && ix.get("a").is_none());
     }
 }

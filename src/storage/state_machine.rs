@@ -5,12 +5,13 @@
 //! - `k<key>` → [`Record`]
 //! - `m<name>` → metadata: `mstate` ([`SmState`]: applied log id, last HLC, binlog chain
 //!   head and count, exactly-once count; one key written once per batch), membership
-//! - `q<chunk BE u64>` → the exactly-once table: the [`DedupEntry`]s of the requests
-//!   applied at revisions `chunk * 64 .. chunk * 64 + 63`, each postcard-encoded as
-//!   `(request id, entry)` and concatenated in apply order. A write appends to one
-//!   chunk instead of inserting a key of its own (sled's cost is per key written:
-//!   one key fewer per write, and evicting an id removes nothing until its whole
-//!   chunk is dead). Ids are evicted in revision order, so `mdedup_floor` (the oldest
+//! - `q<first revision BE u64>` → a chunk of the exactly-once table: the
+//!   [`DedupEntry`]s of requests applied from that revision on, each postcard-encoded
+//!   as `(request id, entry)` and concatenated in apply order. A write appends to the
+//!   newest chunk while it spans under 64 revisions and holds under 32 KiB, else starts
+//!   a new one (a rule on replicated content: every replica cuts the same chunks).
+//!   sled's cost is per key written: a write touches one key fewer, and evicting an
+//!   id removes nothing until its whole chunk is dead. Ids are evicted in revision order, so `mdedup_floor` (the oldest
 //!   revision that may still be live) says which entries of the chunks are live; a
 //!   chunk is removed once the floor has passed it. Which ids are live is kept in
 //!   memory: [`DedupIndex`]. Trees written before chunks held one `d<request_id>` key
@@ -64,8 +65,12 @@ pub const SAGA_EVICT_PER_APPLY: usize = 16;
 const LEGACY_DEDUP: u8 = b'd';
 /// Prefix of the exactly-once table's chunks.
 const DEDUP_CHUNK: u8 = b'q';
-/// Revisions per chunk of the exactly-once table (replicated layout: a constant).
+/// Most revisions one chunk of the exactly-once table spans (replicated layout: a
+/// constant).
 const DEDUP_CHUNK_REVISIONS: u64 = 64;
+/// A chunk of the exactly-once table takes no more entries once it holds this many
+/// bytes (bounds what one append copies; large values get a chunk each).
+const DEDUP_CHUNK_BYTES: usize = 32 << 10;
 /// The oldest revision whose exactly-once entry may still be live.
 const DEDUP_FLOOR: &[u8] = b"mdedup_floor";
 /// Prefix of the former on-disk expiry index of the exactly-once table (legacy).
@@ -139,11 +144,23 @@ fn saga_closed_key(wall_ns: u64, id: &str) -> Vec<u8> {
     k
 }
 
-/// The key of the exactly-once chunk holding the entry applied at `revision`.
-fn dedup_chunk_key(revision: u64) -> [u8; 9] {
+/// The key of the exactly-once chunk that starts at revision `first`.
+fn dedup_chunk_key(first: u64) -> [u8; 9] {
     let mut k = [DEDUP_CHUNK; 9];
-    k[1..].copy_from_slice(&(revision / DEDUP_CHUNK_REVISIONS).to_be_bytes());
+    k[1..].copy_from_slice(&first.to_be_bytes());
     k
+}
+
+/// The first revision of the exactly-once chunk under key `k`.
+fn parse_dedup_chunk_key(k: &[u8]) -> Result<u64, StorageError> {
+    match k {
+        [DEDUP_CHUNK, rest @ ..] if rest.len() == 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(rest);
+            Ok(u64::from_be_bytes(b))
+        }
+        _ => Err(StorageError::Corrupt("malformed exactly-once chunk key".into())),
+    }
 }
 
 /// One entry of an exactly-once chunk, encoded.
@@ -204,8 +221,9 @@ fn drop_legacy_expiry(tree: &sled::Tree) -> Result<(), StorageError> {
 }
 
 /// Convert the legacy one-key-per-id exactly-once table of `tree` (see the module
-/// doc) into chunks: a batch of ids at a time, each batch atomic (its chunks and the
-/// removal of its keys), so an interrupted conversion resumes without duplicates.
+/// doc) into chunks of one entry each (later entries join the newest by the usual
+/// rule): a batch of ids at a time, each batch atomic (its chunks and the removal of
+/// its keys), so an interrupted conversion resumes without duplicates.
 fn migrate_legacy_dedup(tree: &sled::Tree) -> Result<(), StorageError> {
     loop {
         let mut chunks: std::collections::BTreeMap<[u8; 9], Vec<u8>> = Default::default();
@@ -237,24 +255,39 @@ fn migrate_legacy_dedup(tree: &sled::Tree) -> Result<(), StorageError> {
     }
 }
 
-/// Build the exactly-once table's in-memory index from `tree`; returns it and the
-/// table's floor revision.
-fn load_dedup_index(tree: &sled::Tree) -> Result<(DedupIndex, u64), StorageError> {
+/// The exactly-once table of a tree, as the state machine keeps it in memory.
+struct LoadedDedup {
+    index: DedupIndex,
+    /// Entries applied before this revision are evicted.
+    floor: u64,
+    /// The newest chunk: its first revision and length in bytes.
+    tail: Option<(u64, usize)>,
+}
+
+/// Build the exactly-once table's in-memory index from `tree`.
+fn load_dedup_index(tree: &sled::Tree) -> Result<LoadedDedup, StorageError> {
     let floor: u64 = get_meta(tree, DEDUP_FLOOR)?.unwrap_or(0);
-    let chunks = tree.range(dedup_chunk_key(floor).to_vec()..vec![DEDUP_CHUNK + 1]);
     let mut items = Vec::new();
-    for kv in chunks {
-        let (_, chunk) = kv?;
+    let mut tail = None;
+    // Only chunks with a live entry are kept, so the scan is bounded by the table.
+    for kv in tree.scan_prefix([DEDUP_CHUNK]) {
+        let (k, chunk) = kv?;
+        let first = parse_dedup_chunk_key(&k)?;
+        tail = Some((first, chunk.len()));
         for item in dedup_items(&chunk) {
             let (id, entry) = item?;
             // Below the floor: evicted (its chunk is still kept for younger ids).
             if entry.result.revision >= floor {
-                let at = Remembered { revision: entry.result.revision, wall_ns: entry.wall_ns };
+                let at = Remembered {
+                    revision: entry.result.revision,
+                    wall_ns: entry.wall_ns,
+                    chunk: first,
+                };
                 items.push(Ok((id, at)));
             }
         }
     }
-    Ok((DedupIndex::load(items.into_iter())?, floor))
+    Ok(LoadedDedup { index: DedupIndex::load(items.into_iter())?, floor, tail })
 }
 
 /// What changes with every applied entry (one sled key instead of five: with one
@@ -544,6 +577,8 @@ pub struct StateMachine {
     dedup_index: DedupIndex,
     /// The exactly-once table's floor: entries applied before it are evicted.
     dedup_floor: u64,
+    /// The exactly-once table's newest chunk: first revision and length in bytes.
+    dedup_tail: Option<(u64, usize)>,
     /// The tree's [`SmState`] with the entries applied into the open batch.
     state: SmState,
     /// Cached front of the closed-saga index.
@@ -581,7 +616,7 @@ impl StateMachine {
         let tree = store.db().open_tree(&active)?;
         drop_legacy_expiry(&tree)?;
         migrate_legacy_dedup(&tree)?;
-        let (dedup_index, dedup_floor) = load_dedup_index(&tree)?;
+        let loaded = load_dedup_index(&tree)?;
         let state = migrate_state(&tree)?;
         hlc.observe(state.last_hlc);
         let (applied, _) = tokio::sync::watch::channel(state.applied.map_or(0, |l| l.index));
@@ -600,8 +635,9 @@ impl StateMachine {
             dedup,
             dedup_stats: Arc::default(),
             retention: RetentionLimits::default(),
-            dedup_index,
-            dedup_floor,
+            dedup_index: loaded.index,
+            dedup_floor: loaded.floor,
+            dedup_tail: loaded.tail,
             state,
             closed: TimeIndex::new(SAGA_CLOSED),
             binlog_oldest_wall: None,
@@ -650,10 +686,10 @@ impl StateMachine {
             }
             EntryPayload::Normal(cmd) => {
                 // The in-memory index answers the common miss without a sled read.
-                let replay = match self.dedup_index.revision_of(&cmd.request_id) {
-                    Some(rev) => pending
-                        .get_with(&dedup_chunk_key(rev), |c| {
-                            find_dedup_entry(c, &cmd.request_id, rev)
+                let replay = match self.dedup_index.get(&cmd.request_id) {
+                    Some(at) => pending
+                        .get_with(&dedup_chunk_key(at.chunk), |c| {
+                            find_dedup_entry(c, &cmd.request_id, at.revision)
                         })?
                         .flatten(),
                     None => None,
@@ -804,33 +840,45 @@ impl StateMachine {
         let revision = result.revision;
         debug_assert!(revision >= self.dedup_floor, "apply below the exactly-once floor");
         let entry = DedupEntry { wall_ns: now, result: result.clone() };
-        pending.append(&dedup_chunk_key(revision), &encode_dedup_item(id, &entry)?)?;
-        self.dedup_index.insert(id, Remembered { revision, wall_ns: now });
+        let item = encode_dedup_item(id, &entry)?;
+        let (chunk, len) = match self.dedup_tail {
+            Some((first, len))
+                if len < DEDUP_CHUNK_BYTES && revision - first < DEDUP_CHUNK_REVISIONS =>
+            {
+                (first, len + item.len())
+            }
+            _ => (revision, item.len()),
+        };
+        pending.append(&dedup_chunk_key(chunk), &item)?;
+        self.dedup_tail = Some((chunk, len));
+        self.dedup_index.insert(id, Remembered { revision, wall_ns: now, chunk });
         let mut count = self.state.dedup_count + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
-        let old_floor = self.dedup_floor;
         // Chunks that may have lost their last live entry in this round.
-        let mut emptied = vec![old_floor / DEDUP_CHUNK_REVISIONS];
+        let mut emptied: Vec<u64> = Vec::new();
         for _ in 0..DEDUP_EVICT_PER_APPLY {
             let full = count > self.dedup.max_entries;
-            match self.dedup_index.oldest_wall() {
-                Some(wall) if wall < cutoff || full => {}
+            match self.dedup_index.oldest() {
+                Some(oldest) if oldest.wall_ns < cutoff || full => {}
                 _ => break,
             }
             let Some((_, evicted)) = self.dedup_index.pop_oldest() else { break };
-            debug_assert!(evicted >= self.dedup_floor, "eviction in revision order");
-            self.dedup_floor = evicted + 1;
-            emptied.push(evicted / DEDUP_CHUNK_REVISIONS);
+            debug_assert!(evicted.revision >= self.dedup_floor, "eviction in revision order");
+            self.dedup_floor = evicted.revision + 1;
+            if emptied.last() != Some(&evicted.chunk) {
+                emptied.push(evicted.chunk);
+            }
             count -= 1;
             let stat = if full { &self.dedup_stats.evicted } else { &self.dedup_stats.expired };
             stat.fetch_add(1, Ordering::Relaxed);
         }
-        if self.dedup_floor != old_floor {
-            // Every entry of a chunk wholly below the floor is evicted.
-            let live_chunk = self.dedup_floor / DEDUP_CHUNK_REVISIONS;
-            emptied.dedup();
-            for chunk in emptied.into_iter().filter(|c| *c < live_chunk) {
-                pending.remove(&dedup_chunk_key(chunk * DEDUP_CHUNK_REVISIONS)[..]);
+        if !emptied.is_empty() {
+            // Chunks hold consecutive revisions and ids leave in revision order: a chunk
+            // before the oldest live id's holds evicted entries only.
+            let live = self.dedup_index.oldest().map(|o| o.chunk);
+            debug_assert!(live.is_some(), "the id just remembered is live");
+            for dead in emptied.into_iter().filter(|c| live.is_none_or(|l| *c < l)) {
+                pending.remove(&dedup_chunk_key(dead)[..]);
             }
             pending.insert(DEDUP_FLOOR, encode(&self.dedup_floor)?);
         }
@@ -969,7 +1017,9 @@ impl StateMachine {
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
         migrate_legacy_dedup(&tree)?;
-        (self.dedup_index, self.dedup_floor) = load_dedup_index(&tree)?;
+        let dedup = load_dedup_index(&tree)?;
+        (self.dedup_index, self.dedup_floor, self.dedup_tail) =
+            (dedup.index, dedup.floor, dedup.tail);
         self.closed.reset();
         self.binlog_oldest_wall = None;
         self.state = state;
@@ -1505,7 +1555,18 @@ mod tests {
         }
         f.sm.shared.flush().expect("flush");
         let tree = f.sm.shared.tree();
-        let chunked = dump(&f.sm);
+        let items = |tree: &sled::Tree| -> Vec<(String, u64)> {
+            let mut out = Vec::new();
+            for kv in tree.scan_prefix([DEDUP_CHUNK]) {
+                for item in dedup_items(&kv.expect("scan").1) {
+                    let (id, entry) = item.expect("item");
+                    out.push((id, entry.result.revision));
+                }
+            }
+            out
+        };
+        let chunked = items(&tree);
+        assert_eq!(chunked.len(), 3);
         // Rewrite the table as an older version left it: one `d<id>` key per entry.
         for kv in tree.scan_prefix([DEDUP_CHUNK]) {
             let (k, chunk) = kv.expect("scan");
@@ -1519,7 +1580,7 @@ mod tests {
         }
         assert!(tree.scan_prefix([DEDUP_CHUNK]).next().is_none());
         f.reopen();
-        assert_eq!(dump(&f.sm), chunked, "the same table, in chunks");
+        assert_eq!(items(&f.sm.shared.tree()), chunked, "the same table, in chunks");
         assert!(f.sm.shared.tree().scan_prefix([LEGACY_DEDUP]).next().is_none());
         f.put(200, "b", "b").await;
         assert_eq!(f.version("b"), 1, "a converted id is still deduplicated");
@@ -1528,7 +1589,7 @@ mod tests {
     #[tokio::test]
     async fn evicted_ids_leave_their_chunk_only_when_the_whole_chunk_is_evicted() {
         let mut f = Fixture::new(DedupLimits { window_ns: u64::MAX / 2, max_entries: 3 });
-        // Revisions 1..=150 span chunks 0, 1 and 2 of 64 revisions each.
+        // Revisions 1..=150 fill chunks starting at 1, 65 and 129.
         for i in 0..150u64 {
             f.put(100 + i, &format!("id{i}"), "k").await;
         }
@@ -1536,8 +1597,8 @@ mod tests {
         let tree = f.sm.shared.tree();
         let chunks: Vec<_> =
             tree.scan_prefix([DEDUP_CHUNK]).keys().map(|k| k.expect("key").to_vec()).collect();
-        // Live: the last 3 ids (revisions 148..=150), all in chunk 2.
-        assert_eq!(chunks, vec![dedup_chunk_key(128).to_vec()]);
+        // Live: the last 3 ids (revisions 148..=150), all in the chunk from 129.
+        assert_eq!(chunks, vec![dedup_chunk_key(129).to_vec()]);
         let floor: u64 = get_meta(&tree, DEDUP_FLOOR).expect("floor").expect("set");
         assert_eq!(floor, 148);
         f.reopen();
@@ -1546,6 +1607,35 @@ mod tests {
         assert_eq!(f.version("k"), 151, "an evicted id is applied again");
         f.put(301, "id149", "k").await;
         assert_eq!(f.version("k"), 151, "a live id is deduplicated");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_takes_no_more_entries_once_it_is_big() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        for i in 0..3u64 {
+            let mut e = entry(f.next, 100 + i, &format!("big{i}"), "k");
+            if let EntryPayload::Normal(c) = &mut e.payload {
+                c.op = Op::Put {
+                    key: b"k".to_vec(),
+                    value: vec![b'x'; DEDUP_CHUNK_BYTES],
+                    expected_version: None,
+                };
+            }
+            f.next += 1;
+            f.sm.apply(stream::iter([Ok((e, None))])).await.expect("apply");
+        }
+        f.put(200, "small", "k").await;
+        f.put(201, "big1", "k").await; // a retry, found in its own chunk
+        assert_eq!(f.version("k"), 4);
+        f.sm.shared.flush().expect("flush");
+        let firsts: Vec<u64> =
+            f.sm.shared
+                .tree()
+                .scan_prefix([DEDUP_CHUNK])
+                .keys()
+                .map(|k| parse_dedup_chunk_key(&k.expect("key")).expect("parse"))
+                .collect();
+        assert_eq!(firsts, vec![1, 2, 3, 4], "one chunk per large entry");
     }
 
     #[tokio::test]
