@@ -3,7 +3,16 @@
 //!
 //! Layout in `sm-<gen>` (written in the same atomic sled batch as the change, so a
 //! crash never separates state and binlog):
-//! - `b<revision BE u64><index BE u32>` → [`BinlogEvent`] (postcard)
+//! - `j<first revision BE u64>` → a chunk: the events of consecutive revisions from
+//!   that one on, each framed as `<length u32 LE><BinlogEvent, postcard>`, in position
+//!   order. The events of one revision always share a chunk; a revision joins the
+//!   newest chunk while that spans under [`CHUNK_REVISIONS`] revisions and holds under
+//!   [`CHUNK_BYTES`], else starts a new one (a rule on replicated content, so every
+//!   replica cuts the same chunks). sled's cost is per key written, so a write appends
+//!   to a chunk instead of inserting a key per event, and trimming rewrites the oldest
+//!   chunk without its trimmed prefix instead of removing a key per event. Trees
+//!   written before chunks held one `b<revision BE u64><index BE u32>` key per event;
+//!   they are converted on open and after an install.
 //! - `mbinlog_chain` → the last event's chain hash (16 bytes)
 //! - `mbinlog_floor` → the oldest retained revision: every event at a revision at or
 //!   after it is retained (0 before anything was trimmed)
@@ -24,8 +33,14 @@ use serde::{Deserialize, Serialize};
 use crate::hlc::Timestamp;
 use crate::record::{Record, Revision};
 
-/// Key prefix of binlog events in the state-machine tree.
+/// Key prefix of the legacy one-key-per-event layout (converted on open).
 pub const EVENT_PREFIX: u8 = b'b';
+/// Key prefix of binlog chunks in the state-machine tree.
+pub const CHUNK_PREFIX: u8 = b'j';
+/// Most revisions one chunk spans (replicated layout: a constant).
+pub const CHUNK_REVISIONS: u64 = 64;
+/// A chunk takes no more revisions once it holds this many bytes.
+pub const CHUNK_BYTES: usize = 32 << 10;
 /// Legacy meta key of the last chain hash (now a field of the state machine's state
 /// key; read when migrating an older tree).
 pub const CHAIN_KEY: &[u8] = b"mbinlog_chain";
@@ -220,6 +235,103 @@ pub fn parse_event_key(k: &[u8]) -> Option<(Revision, u32)> {
     Some((rev, idx))
 }
 
+/// The key of the chunk whose first revision is `first`.
+pub fn chunk_key(first: Revision) -> [u8; 9] {
+    let mut k = [CHUNK_PREFIX; 9];
+    k[1..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+/// The first revision of the chunk under key `k`.
+pub fn parse_chunk_key(k: &[u8]) -> Option<Revision> {
+    match k {
+        [CHUNK_PREFIX, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Where a revision's events go: the newest chunk `tail` (first revision, bytes) while
+/// it spans under [`CHUNK_REVISIONS`] and holds under [`CHUNK_BYTES`], else a new chunk
+/// starting at `revision`.
+pub fn chunk_for(tail: Option<(Revision, usize)>, revision: Revision) -> Revision {
+    match tail {
+        Some((first, len))
+            if len < CHUNK_BYTES && revision.saturating_sub(first) < CHUNK_REVISIONS =>
+        {
+            first
+        }
+        _ => revision,
+    }
+}
+
+/// Append `event`, framed, to `out`.
+pub fn frame_event(event: &BinlogEvent, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    let body = postcard::to_stdvec(event)?;
+    let len = u32::try_from(body.len()).map_err(|_| postcard::Error::SerializeBufferFull)?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// One framed event of a chunk, not decoded yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// The event, postcard.
+    pub body: &'a [u8],
+    /// Offset of the next frame in the chunk.
+    pub end: usize,
+}
+
+/// The fields every event starts with (postcard encodes a struct as its fields in
+/// order), decodable without the rest.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct FrameHead {
+    /// [`BinlogEvent::revision`].
+    pub revision: Revision,
+    /// [`BinlogEvent::index`].
+    pub index: u32,
+    /// [`BinlogEvent::hlc`].
+    pub hlc: Timestamp,
+}
+
+impl Frame<'_> {
+    /// The event's position and HLC.
+    pub fn head(&self) -> Result<FrameHead, postcard::Error> {
+        postcard::take_from_bytes(self.body).map(|(h, _)| h)
+    }
+
+    /// The whole event.
+    pub fn event(&self) -> Result<BinlogEvent, postcard::Error> {
+        postcard::from_bytes(self.body)
+    }
+}
+
+/// The frames of `chunk`, in order; a truncated frame is an error.
+pub fn frames(chunk: &[u8]) -> impl Iterator<Item = Result<Frame<'_>, postcard::Error>> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at >= chunk.len() {
+            return None;
+        }
+        let frame = chunk
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| at + 4 + u32::from_le_bytes(b) as usize)
+            .filter(|end| *end <= chunk.len())
+            .map(|end| Frame { body: &chunk[at + 4..end], end });
+        match frame {
+            Some(f) => {
+                at = f.end;
+                Some(Ok(f))
+            }
+            None => {
+                at = chunk.len();
+                Some(Err(postcard::Error::DeserializeUnexpectedEnd))
+            }
+        }
+    })
+}
+
 /// How long and how many events the binlog keeps (replicated behaviour: every replica
 /// must use the same values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,11 +429,42 @@ mod tests {
     }
 
     #[test]
-    fn event_keys_sort_by_revision_then_index_and_parse_back() {
+    fn legacy_event_keys_sort_by_revision_then_index_and_parse_back() {
         assert!(event_key(1, 300) < event_key(2, 0));
         assert!(event_key(2, 0) < event_key(2, 1));
         assert_eq!(parse_event_key(&event_key(258, 7)), Some((258, 7)));
         assert_eq!(parse_event_key(b"bshort"), None);
+    }
+
+    #[test]
+    fn framed_events_read_back_in_order_with_their_heads() {
+        let hlc = Timestamp { wall_ns: 9, logical: 2, node: 3 };
+        let drafts = vec![draft(None, Some(rec("a", 1))), draft(Some(rec("a", 1)), None)];
+        let (events, _) = seal(70, hlc, "r", "t", drafts, [0; 16]);
+        let mut chunk = Vec::new();
+        for e in &events {
+            frame_event(e, &mut chunk).expect("frame");
+        }
+        let read: Vec<BinlogEvent> =
+            frames(&chunk).map(|f| f.expect("frame").event().expect("event")).collect();
+        assert_eq!(read, events);
+        let head = frames(&chunk).nth(1).expect("second").expect("frame").head().expect("head");
+        assert_eq!((head.revision, head.index, head.hlc), (70, 1, hlc));
+        let cut = frames(&chunk).next().expect("first").expect("frame").end;
+        let rest: Vec<_> = frames(&chunk[cut..]).map(|f| f.expect("frame").body).collect();
+        assert_eq!(rest.len(), 1, "a chunk cut at a frame end is a chunk");
+        let truncated = &chunk[..chunk.len() - 1];
+        assert!(frames(truncated).any(|f| f.is_err()), "a truncated frame is an error");
+    }
+
+    #[test]
+    fn a_chunk_takes_revisions_while_it_is_short_and_small() {
+        assert_eq!(chunk_for(None, 5), 5);
+        assert_eq!(chunk_for(Some((5, 100)), 5 + CHUNK_REVISIONS - 1), 5);
+        assert_eq!(chunk_for(Some((5, 100)), 5 + CHUNK_REVISIONS), 5 + CHUNK_REVISIONS);
+        assert_eq!(chunk_for(Some((5, CHUNK_BYTES)), 6), 6);
+        assert_eq!(parse_chunk_key(&chunk_key(1 << 40)), Some(1 << 40));
+        assert_eq!(parse_chunk_key(b"jshort"), None);
     }
 
     #[test]

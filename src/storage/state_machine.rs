@@ -19,7 +19,7 @@
 //!   converted (`d`) or removed (`e`) on open and after an install.
 //! - `s<saga_id>` → [`Saga`] (the replicated saga table); `c<closed wall_ns BE><id>`
 //!   indexes closed sagas, forgotten once older than the binlog retention age
-//! - `b<revision BE><index BE>` → binlog events and `mbinlog_*` metadata (see
+//! - `j<first revision BE>` → chunks of binlog events and `mbinlog_*` metadata (see
 //!   [`super::binlog`]); written in the same batch as the change they describe
 //!
 //! Invariants: the applied log id only grows; the stored HLC strictly increases in log
@@ -215,6 +215,79 @@ fn drop_legacy_expiry(tree: &sled::Tree) -> Result<(), StorageError> {
         }
         if n == 0 {
             return Ok(());
+        }
+        tree.apply_batch(batch)?;
+    }
+}
+
+fn corrupt_binlog(e: postcard::Error) -> StorageError {
+    StorageError::Corrupt(format!("binlog chunk: {e}"))
+}
+
+/// The newest binlog chunk of `tree`: its first revision and length in bytes.
+fn load_binlog_tail(tree: &sled::Tree) -> Result<Option<(u64, usize)>, StorageError> {
+    match tree.scan_prefix([binlog::CHUNK_PREFIX]).next_back() {
+        None => Ok(None),
+        Some(kv) => {
+            let (k, v) = kv?;
+            let first = binlog::parse_chunk_key(&k)
+                .ok_or_else(|| StorageError::Corrupt("malformed binlog chunk key".into()))?;
+            Ok(Some((first, v.len())))
+        }
+    }
+}
+
+/// Convert the legacy one-key-per-event binlog of `tree` (see [`super::binlog`]) into
+/// chunks, cut by the same rule as apply: whole revisions, about
+/// [`INSTALL_BATCH_ITEMS`] events per atomic batch (its chunks and the removal of its
+/// keys), so an interrupted conversion resumes where it stopped.
+fn migrate_legacy_binlog(tree: &sled::Tree) -> Result<(), StorageError> {
+    loop {
+        // The chunk being filled: first revision and full value.
+        let mut cur: Option<(u64, Vec<u8>)> =
+            match tree.scan_prefix([binlog::CHUNK_PREFIX]).next_back() {
+                None => None,
+                Some(kv) => {
+                    let (k, v) = kv?;
+                    let first = binlog::parse_chunk_key(&k).ok_or_else(|| {
+                        StorageError::Corrupt("malformed binlog chunk key".into())
+                    })?;
+                    Some((first, v.to_vec()))
+                }
+            };
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        let mut last_rev = None;
+        for kv in tree.scan_prefix([binlog::EVENT_PREFIX]) {
+            let (k, v) = kv?;
+            let (rev, _) = binlog::parse_event_key(&k)
+                .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
+            if last_rev != Some(rev) {
+                if n >= INSTALL_BATCH_ITEMS {
+                    break;
+                }
+                let tail = cur.as_ref().map(|(f, v)| (*f, v.len()));
+                let first = binlog::chunk_for(tail, rev);
+                if tail.map(|t| t.0) != Some(first) {
+                    if let Some((f, v)) = cur.take() {
+                        batch.insert(&binlog::chunk_key(f)[..], v);
+                    }
+                    cur = Some((first, Vec::new()));
+                }
+                last_rev = Some(rev);
+            }
+            let e: BinlogEvent = decode(&v)?;
+            if let Some((_, chunk)) = cur.as_mut() {
+                binlog::frame_event(&e, chunk).map_err(corrupt_binlog)?;
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some((f, v)) = cur {
+            batch.insert(&binlog::chunk_key(f)[..], v);
         }
         tree.apply_batch(batch)?;
     }
@@ -518,20 +591,29 @@ impl SmReader {
         filter: impl Fn(&BinlogEvent) -> bool,
     ) -> Result<EventPage, BinlogReadError> {
         let mut page = EventPage { events: Vec::new(), next: from, at_end: true };
-        let lo = binlog::event_key(from.0, from.1);
-        let hi = [binlog::EVENT_PREFIX + 1];
-        for (scanned, kv) in self.shared.range(&lo, &hi).enumerate() {
-            if scanned >= scan || page.events.len() >= limit {
-                page.at_end = false;
-                break;
-            }
-            let (k, v) = kv.map_err(StorageError::from)?;
-            let pos = binlog::parse_event_key(&k)
-                .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
-            let e: BinlogEvent = decode(&v)?;
-            page.next = (pos.0, pos.1.saturating_add(1));
-            if filter(&e) {
-                page.events.push(e);
+        // A chunk spans under CHUNK_REVISIONS revisions: the one holding `from` starts
+        // after from - CHUNK_REVISIONS.
+        let lo = binlog::chunk_key(from.0.saturating_sub(binlog::CHUNK_REVISIONS - 1));
+        let hi = [binlog::CHUNK_PREFIX + 1];
+        let mut scanned = 0usize;
+        'chunks: for kv in self.shared.range(&lo, &hi) {
+            let (_, chunk) = kv.map_err(StorageError::from)?;
+            for frame in binlog::frames(&chunk) {
+                let frame = frame.map_err(corrupt_binlog)?;
+                let head = frame.head().map_err(corrupt_binlog)?;
+                if (head.revision, head.index) < from {
+                    continue;
+                }
+                if scanned >= scan || page.events.len() >= limit {
+                    page.at_end = false;
+                    break 'chunks;
+                }
+                scanned += 1;
+                let e = frame.event().map_err(corrupt_binlog)?;
+                page.next = (head.revision, head.index.saturating_add(1));
+                if filter(&e) {
+                    page.events.push(e);
+                }
             }
         }
         // Read the floor after the events: trims only move it up, atomically with the
@@ -579,6 +661,9 @@ pub struct StateMachine {
     dedup_floor: u64,
     /// The exactly-once table's newest chunk: first revision and length in bytes.
     dedup_tail: Option<(u64, usize)>,
+    /// The binlog's newest chunk: first revision and length in bytes (always the
+    /// chunk's length as the overlay sees it: the chunking rule depends on it).
+    binlog_tail: Option<(u64, usize)>,
     /// The tree's [`SmState`] with the entries applied into the open batch.
     state: SmState,
     /// Cached front of the closed-saga index.
@@ -616,6 +701,8 @@ impl StateMachine {
         let tree = store.db().open_tree(&active)?;
         drop_legacy_expiry(&tree)?;
         migrate_legacy_dedup(&tree)?;
+        migrate_legacy_binlog(&tree)?;
+        let binlog_tail = load_binlog_tail(&tree)?;
         let loaded = load_dedup_index(&tree)?;
         let state = migrate_state(&tree)?;
         hlc.observe(state.last_hlc);
@@ -638,6 +725,7 @@ impl StateMachine {
             dedup_index: loaded.index,
             dedup_floor: loaded.floor,
             dedup_tail: loaded.tail,
+            binlog_tail,
             state,
             closed: TimeIndex::new(SAGA_CLOSED),
             binlog_oldest_wall: None,
@@ -769,9 +857,16 @@ impl StateMachine {
         let (events, head) =
             binlog::seal(result.revision, result.hlc, &cmd.request_id, &cmd.trace_id, drafts, prev);
         let mut count = self.state.binlog_count;
+        let mut framed = Vec::new();
         for e in &events {
-            pending.insert(&binlog::event_key(e.revision, e.index)[..], encode(e)?);
+            binlog::frame_event(e, &mut framed).map_err(corrupt_binlog)?;
         }
+        let first = binlog::chunk_for(self.binlog_tail, result.revision);
+        pending.append(&binlog::chunk_key(first), &framed)?;
+        self.binlog_tail = Some(match self.binlog_tail {
+            Some((f, len)) if f == first => (f, len + framed.len()),
+            _ => (first, framed.len()),
+        });
         count += events.len() as u64;
         self.state.chain = head;
         self.trim_events(pending, &mut count, result.hlc.wall_ns)?;
@@ -792,35 +887,66 @@ impl StateMachine {
                 return Ok(());
             }
         }
-        // Every event below the floor is gone: start there rather than at the prefix,
-        // so earlier trims of the same overlay are not walked again.
+        // Every event below the floor is gone, and a chunk spans under CHUNK_REVISIONS
+        // revisions: the oldest chunk starts after floor - CHUNK_REVISIONS.
         let floor: u64 = pending.get_decoded(binlog::FLOOR_KEY)?.unwrap_or(0);
-        let lo = binlog::event_key(floor, 0);
-        let hi = [binlog::EVENT_PREFIX + 1];
-        let mut remove = Vec::new();
+        let lo = binlog::chunk_key(floor.saturating_sub(binlog::CHUNK_REVISIONS - 1));
+        let hi = [binlog::CHUNK_PREFIX + 1];
+        let mut trimmed = 0usize;
         let mut trimming: Option<u64> = None;
         let mut oldest_kept = None;
-        for (trimmed, kv) in pending.range(&lo, &hi).enumerate() {
-            let (k, v) = kv?;
-            let (rev, _) = binlog::parse_event_key(&k)
-                .ok_or_else(|| StorageError::Corrupt("malformed binlog key".into()))?;
-            let finish_revision = trimming == Some(rev);
-            if !finish_revision {
-                if trimmed >= binlog::TRIM_EVENTS_PER_APPLY {
-                    break;
+        // Chunk edits: removed whole (None) or cut to the suffix after their trimmed
+        // revisions.
+        let mut edits: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        'chunks: for kv in pending.range(&lo, &hi) {
+            let (k, chunk) = kv?;
+            let mut cut = 0;
+            for frame in binlog::frames(&chunk) {
+                let frame = frame.map_err(corrupt_binlog)?;
+                let head = frame.head().map_err(corrupt_binlog)?;
+                // A revision being trimmed is always finished (the bound is checked
+                // only where a revision starts), so cuts fall between revisions.
+                if trimming != Some(head.revision) {
+                    let stop = if trimmed >= binlog::TRIM_EVENTS_PER_APPLY {
+                        true
+                    } else if !self.retention.must_trim(*count, head.hlc.wall_ns, now_wall_ns) {
+                        oldest_kept = Some(head.hlc.wall_ns);
+                        true
+                    } else {
+                        false
+                    };
+                    if stop {
+                        if cut > 0 {
+                            edits.push((k.clone(), Some(chunk[cut..].to_vec())));
+                        }
+                        break 'chunks;
+                    }
+                    trimming = Some(head.revision);
                 }
-                let e: BinlogEvent = decode(&v)?;
-                if !self.retention.must_trim(*count, e.hlc.wall_ns, now_wall_ns) {
-                    oldest_kept = Some(e.hlc.wall_ns);
-                    break;
-                }
-                trimming = Some(rev);
+                cut = frame.end;
+                trimmed += 1;
+                *count = count.saturating_sub(1);
             }
-            remove.push(k);
-            *count = count.saturating_sub(1);
+            edits.push((k, None));
         }
-        for k in remove {
-            pending.remove(k);
+        for (k, edit) in edits {
+            let first = binlog::parse_chunk_key(&k)
+                .ok_or_else(|| StorageError::Corrupt("malformed binlog chunk key".into()))?;
+            let is_tail = self.binlog_tail.map(|t| t.0) == Some(first);
+            match edit {
+                None => {
+                    pending.remove(k);
+                    if is_tail {
+                        self.binlog_tail = None;
+                    }
+                }
+                Some(rest) => {
+                    if is_tail {
+                        self.binlog_tail = Some((first, rest.len()));
+                    }
+                    pending.insert(k, rest);
+                }
+            }
         }
         self.binlog_oldest_wall = oldest_kept;
         if let Some(rev) = trimming {
@@ -1017,6 +1143,8 @@ impl StateMachine {
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
         migrate_legacy_dedup(&tree)?;
+        migrate_legacy_binlog(&tree)?;
+        self.binlog_tail = load_binlog_tail(&tree)?;
         let dedup = load_dedup_index(&tree)?;
         (self.dedup_index, self.dedup_floor, self.dedup_tail) =
             (dedup.index, dedup.floor, dedup.tail);
@@ -1636,6 +1764,64 @@ mod tests {
                 .map(|k| parse_dedup_chunk_key(&k.expect("key")).expect("parse"))
                 .collect();
         assert_eq!(firsts, vec![1, 2, 3, 4], "one chunk per large entry");
+    }
+
+    #[tokio::test]
+    async fn a_legacy_key_per_event_binlog_is_converted_to_chunks_on_open() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        for i in 0..150u64 {
+            f.put(100 + i, &format!("r{i}"), &format!("k{}", i % 7)).await;
+        }
+        f.sm.shared.flush().expect("flush");
+        let before = all_events(&f.sm);
+        let chunked = dump(&f.sm);
+        // Rewrite the binlog as an older version left it: one `b` key per event.
+        let tree = f.sm.shared.tree();
+        for e in &before {
+            tree.insert(&binlog::event_key(e.revision, e.index)[..], encode(e).expect("enc"))
+                .expect("insert");
+        }
+        for k in tree.scan_prefix([binlog::CHUNK_PREFIX]).keys() {
+            tree.remove(k.expect("key")).expect("remove");
+        }
+        f.reopen();
+        assert_eq!(dump(&f.sm), chunked, "converted to the chunks apply would have cut");
+        assert!(f.sm.shared.tree().scan_prefix([binlog::EVENT_PREFIX]).next().is_none());
+        f.put(300, "after", "k0").await;
+        let after = all_events(&f.sm);
+        assert_eq!(after.len(), before.len() + 1);
+        let last = &after[after.len() - 1];
+        assert_eq!(last.chain_hash, binlog::chain_hash(&before[before.len() - 1].chain_hash, last));
+    }
+
+    #[tokio::test]
+    async fn paging_from_any_position_reads_every_event_once_in_order() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        f.sm.retention = RetentionLimits { max_events: 100, max_age_ns: u64::MAX / 2 };
+        for i in 0..200u64 {
+            f.put(100 + i, &format!("r{i}"), "k").await;
+        }
+        let all = all_events(&f.sm);
+        assert_eq!(all.len(), 100, "trimmed to the retained count");
+        assert_eq!(all[0].revision, 101);
+        let r = f.sm.reader();
+        for start in [101u64, 127, 128, 129, 190, 200] {
+            let mut from = (start, 0);
+            let mut got = Vec::new();
+            loop {
+                let page = r.read_events(from, 7, 5, |_| true).expect("read");
+                got.extend(page.events);
+                from = page.next;
+                if page.at_end {
+                    break;
+                }
+            }
+            let want: Vec<_> = all.iter().filter(|e| e.revision >= start).cloned().collect();
+            assert_eq!(got, want, "from revision {start}");
+        }
+        let odd = r.read_events((101, 0), 50, 50, |e| e.revision % 2 == 1).expect("read");
+        assert_eq!(odd.events.len(), 25, "a filter counts against the scan, not the limit");
+        assert_eq!(odd.next, (150, 1));
     }
 
     #[tokio::test]
