@@ -224,17 +224,22 @@ fn corrupt_binlog(e: postcard::Error) -> StorageError {
     StorageError::Corrupt(format!("binlog chunk: {e}"))
 }
 
-/// The newest binlog chunk of `tree`: its first revision and length in bytes.
-fn load_binlog_tail(tree: &sled::Tree) -> Result<Option<(u64, usize)>, StorageError> {
+/// The newest binlog chunk of `tree`: its first revision and value.
+fn last_binlog_chunk(tree: &sled::Tree) -> Result<Option<(u64, sled::IVec)>, StorageError> {
     match tree.scan_prefix([binlog::CHUNK_PREFIX]).next_back() {
         None => Ok(None),
         Some(kv) => {
             let (k, v) = kv?;
             let first = binlog::parse_chunk_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("malformed binlog chunk key".into()))?;
-            Ok(Some((first, v.len())))
+            Ok(Some((first, v)))
         }
     }
+}
+
+/// The newest binlog chunk of `tree`: its first revision and length in bytes.
+fn load_binlog_tail(tree: &sled::Tree) -> Result<Option<(u64, usize)>, StorageError> {
+    Ok(last_binlog_chunk(tree)?.map(|(first, v)| (first, v.len())))
 }
 
 /// Convert the legacy one-key-per-event binlog of `tree` (see [`super::binlog`]) into
@@ -245,16 +250,7 @@ fn migrate_legacy_binlog(tree: &sled::Tree) -> Result<(), StorageError> {
     loop {
         // The chunk being filled: first revision and full value.
         let mut cur: Option<(u64, Vec<u8>)> =
-            match tree.scan_prefix([binlog::CHUNK_PREFIX]).next_back() {
-                None => None,
-                Some(kv) => {
-                    let (k, v) = kv?;
-                    let first = binlog::parse_chunk_key(&k).ok_or_else(|| {
-                        StorageError::Corrupt("malformed binlog chunk key".into())
-                    })?;
-                    Some((first, v.to_vec()))
-                }
-            };
+            last_binlog_chunk(tree)?.map(|(first, v)| (first, v.to_vec()));
         let mut batch = sled::Batch::default();
         let mut n = 0;
         let mut last_rev = None;
