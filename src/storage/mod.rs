@@ -61,6 +61,18 @@ pub enum StorageError {
     /// Stored bytes do not decode or break an invariant.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The state-machine tree (in the data dir or in a snapshot) was written by a newer
+    /// version, in a layout this build cannot read.
+    #[error(
+        "state machine layout {found} is newer than this build's {known}: run the newer \
+         binary (docs/OPERATIONS.md, \"Upgrades and the on-disk layout\")"
+    )]
+    NewerLayout {
+        /// The layout found.
+        found: u32,
+        /// The newest layout this build knows.
+        known: u32,
+    },
     /// The data dir belongs to another cluster or node.
     #[error(
         "data dir {dir} belongs to cluster {found_cluster:?} node {found_node}, \

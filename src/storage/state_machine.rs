@@ -3,6 +3,8 @@
 //! Layout of the state-machine tree `sm-<gen>` (one tree so an entry applies as one
 //! atomic sled batch — a crash leaves it applied whole or not at all):
 //! - `k<key>` → [`Record`]
+//! - `mlayout` → the layout version ([`LAYOUT_VERSION`]; absent: 1). A tree of a newer
+//!   layout is refused on open and install; an older one is converted.
 //! - `m<name>` → metadata: `mstate` ([`SmState`]: applied log id, last HLC, binlog chain
 //!   head and count, exactly-once count; one key written once per batch), membership
 //! - `q<first revision BE u64>` → a chunk of the exactly-once table: the
@@ -73,6 +75,10 @@ const DEDUP_CHUNK_REVISIONS: u64 = 64;
 const DEDUP_CHUNK_BYTES: usize = 32 << 10;
 /// The oldest revision whose exactly-once entry may still be live.
 const DEDUP_FLOOR: &[u8] = b"mdedup_floor";
+/// Meta key of the tree's layout version (absent: 1, the layout before chunks).
+const LAYOUT_KEY: &[u8] = b"mlayout";
+/// The layout this build writes: 2 = exactly-once entries and binlog events in chunks.
+pub const LAYOUT_VERSION: u32 = 2;
 /// Prefix of the former on-disk expiry index of the exactly-once table (legacy).
 const LEGACY_EXPIRY: u8 = b'e';
 const MEMBERSHIP: &[u8] = b"mmembership";
@@ -240,6 +246,21 @@ fn last_binlog_chunk(tree: &sled::Tree) -> Result<Option<(u64, sled::IVec)>, Sto
 /// The newest binlog chunk of `tree`: its first revision and length in bytes.
 fn load_binlog_tail(tree: &sled::Tree) -> Result<Option<(u64, usize)>, StorageError> {
     Ok(last_binlog_chunk(tree)?.map(|(first, v)| (first, v.len())))
+}
+
+/// Refuse a tree of a newer layout than this build's, convert an older one, and
+/// record ours in it (a snapshot carries it to the nodes that install it).
+fn upgrade_layout(tree: &sled::Tree) -> Result<(), StorageError> {
+    let found: u32 = get_meta(tree, LAYOUT_KEY)?.unwrap_or(1);
+    if found > LAYOUT_VERSION {
+        return Err(StorageError::NewerLayout { found, known: LAYOUT_VERSION });
+    }
+    migrate_legacy_dedup(tree)?;
+    migrate_legacy_binlog(tree)?;
+    if found != LAYOUT_VERSION {
+        tree.insert(LAYOUT_KEY, encode(&LAYOUT_VERSION)?)?;
+    }
+    Ok(())
 }
 
 /// Convert the legacy one-key-per-event binlog of `tree` (see [`super::binlog`]) into
@@ -696,8 +717,7 @@ impl StateMachine {
         }
         let tree = store.db().open_tree(&active)?;
         drop_legacy_expiry(&tree)?;
-        migrate_legacy_dedup(&tree)?;
-        migrate_legacy_binlog(&tree)?;
+        upgrade_layout(&tree)?;
         let binlog_tail = load_binlog_tail(&tree)?;
         let loaded = load_dedup_index(&tree)?;
         let state = migrate_state(&tree)?;
@@ -1117,6 +1137,7 @@ impl StateMachine {
             }
         }
         tree.apply_batch(batch)?;
+        upgrade_layout(&tree)?;
         let state = migrate_state(&tree)?;
         let applied = state.applied;
         if applied != meta.last_log_id {
@@ -1138,8 +1159,6 @@ impl StateMachine {
         let old = old.ok_or_else(|| StorageError::Corrupt("tree swap did not run".into()))?;
         self.store.db().drop_tree(old.name())?;
         self.gen = gen;
-        migrate_legacy_dedup(&tree)?;
-        migrate_legacy_binlog(&tree)?;
         self.binlog_tail = load_binlog_tail(&tree)?;
         let dedup = load_dedup_index(&tree)?;
         (self.dedup_index, self.dedup_floor, self.dedup_tail) =
@@ -1788,6 +1807,32 @@ mod tests {
         assert_eq!(after.len(), before.len() + 1);
         let last = &after[after.len() - 1];
         assert_eq!(last.chain_hash, binlog::chain_hash(&before[before.len() - 1].chain_hash, last));
+    }
+
+    #[tokio::test]
+    async fn a_tree_of_a_newer_layout_is_refused_on_open_and_install() {
+        let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        f.put(100, "a", "k").await;
+        let tree = f.sm.shared.tree();
+        assert_eq!(get_meta::<u32>(&tree, LAYOUT_KEY).expect("get"), Some(LAYOUT_VERSION));
+        tree.insert(LAYOUT_KEY, encode(&(LAYOUT_VERSION + 1)).expect("enc")).expect("insert");
+        let snap = f.sm.build_snapshot_now().expect("snapshot");
+        let mut g = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
+        g.put(100, "b", "other").await;
+        let mut file = snap.snapshot;
+        match g.sm.install(&snap.meta, &mut file) {
+            Err(StorageError::NewerLayout { found, known }) => {
+                assert_eq!((found, known), (LAYOUT_VERSION + 1, LAYOUT_VERSION));
+            }
+            other => panic!("expected NewerLayout, got {other:?}"),
+        }
+        assert_eq!(g.version("other"), 1, "the refused install changed nothing");
+        f.sm.shared.flush().expect("flush");
+        match StateMachine::open(&f.store, f.sm.hlc.clone(), f.limits) {
+            Err(StorageError::NewerLayout { .. }) => {}
+            Err(e) => panic!("expected NewerLayout, got {e}"),
+            Ok(_) => panic!("a newer layout must not open"),
+        }
     }
 
     #[tokio::test]
