@@ -5,10 +5,8 @@
 //! crash never separates state and binlog):
 //! - `j<first revision BE u64>` → a chunk: the events of consecutive revisions from
 //!   that one on, each framed as `<length u32 LE><BinlogEvent, postcard>`, in position
-//!   order. The events of one revision always share a chunk; a revision joins the
-//!   newest chunk while that spans under [`CHUNK_REVISIONS`] revisions and holds under
-//!   [`CHUNK_BYTES`], else starts a new one (a rule on replicated content, so every
-//!   replica cuts the same chunks). sled's cost is per key written, so a write appends
+//!   order. The events of one revision always share a chunk, cut by the rule of
+//!   [`super::chunk`] (on replicated content, so every replica cuts the same chunks). sled's cost is per key written, so a write appends
 //!   to a chunk instead of inserting a key per event, and trimming rewrites the oldest
 //!   chunk without its trimmed prefix instead of removing a key per event. Trees
 //!   written before chunks held one `b<revision BE u64><index BE u32>` key per event;
@@ -37,10 +35,6 @@ use crate::record::{Record, Revision};
 pub const EVENT_PREFIX: u8 = b'b';
 /// Key prefix of binlog chunks in the state-machine tree.
 pub const CHUNK_PREFIX: u8 = b'j';
-/// Most revisions one chunk spans (replicated layout: a constant).
-pub const CHUNK_REVISIONS: u64 = 64;
-/// A chunk takes no more revisions once it holds this many bytes.
-pub const CHUNK_BYTES: usize = 32 << 10;
 /// Legacy meta key of the last chain hash (now a field of the state machine's state
 /// key; read when migrating an older tree).
 pub const CHAIN_KEY: &[u8] = b"mbinlog_chain";
@@ -237,31 +231,12 @@ pub fn parse_event_key(k: &[u8]) -> Option<(Revision, u32)> {
 
 /// The key of the chunk whose first revision is `first`.
 pub fn chunk_key(first: Revision) -> [u8; 9] {
-    let mut k = [CHUNK_PREFIX; 9];
-    k[1..].copy_from_slice(&first.to_be_bytes());
-    k
+    super::chunk::key(CHUNK_PREFIX, first)
 }
 
 /// The first revision of the chunk under key `k`.
 pub fn parse_chunk_key(k: &[u8]) -> Option<Revision> {
-    match k {
-        [CHUNK_PREFIX, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
-    }
-}
-
-/// Where a revision's events go: the newest chunk `tail` (first revision, bytes) while
-/// it spans under [`CHUNK_REVISIONS`] and holds under [`CHUNK_BYTES`], else a new chunk
-/// starting at `revision`.
-pub fn chunk_for(tail: Option<(Revision, usize)>, revision: Revision) -> Revision {
-    match tail {
-        Some((first, len))
-            if len < CHUNK_BYTES && revision.saturating_sub(first) < CHUNK_REVISIONS =>
-        {
-            first
-        }
-        _ => revision,
-    }
+    super::chunk::first_revision(CHUNK_PREFIX, k)
 }
 
 /// Append `event`, framed, to `out`.
@@ -455,16 +430,6 @@ mod tests {
         assert_eq!(rest.len(), 1, "a chunk cut at a frame end is a chunk");
         let truncated = &chunk[..chunk.len() - 1];
         assert!(frames(truncated).any(|f| f.is_err()), "a truncated frame is an error");
-    }
-
-    #[test]
-    fn a_chunk_takes_revisions_while_it_is_short_and_small() {
-        assert_eq!(chunk_for(None, 5), 5);
-        assert_eq!(chunk_for(Some((5, 100)), 5 + CHUNK_REVISIONS - 1), 5);
-        assert_eq!(chunk_for(Some((5, 100)), 5 + CHUNK_REVISIONS), 5 + CHUNK_REVISIONS);
-        assert_eq!(chunk_for(Some((5, CHUNK_BYTES)), 6), 6);
-        assert_eq!(parse_chunk_key(&chunk_key(1 << 40)), Some(1 << 40));
-        assert_eq!(parse_chunk_key(b"jshort"), None);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl DedupIndex {
         if let Some(old) = self.by_id.insert(id.clone(), at) {
             self.by_revision.remove(&old.revision);
         }
-        debug_assert!(self.by_revision.get(&at.revision).is_none(), "one request id per revision");
+        debug_assert!(!self.by_revision.contains_key(&at.revision), "one request id per revision");
         self.by_revision.insert(at.revision, (id, at));
         debug_assert_eq!(self.by_id.len(), self.by_revision.len());
     }

@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod binlog;
+mod chunk;
 mod dedup_index;
 pub mod log_store;
 mod pending;

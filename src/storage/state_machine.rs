@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{apply_command, StateView};
 use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
+use super::chunk::{self, Tail};
 use super::dedup_index::{DedupIndex, Remembered};
 use super::pending::{Overlay, Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
 use super::snapshot::{write_snapshot, SnapshotReader};
@@ -67,12 +68,6 @@ pub const SAGA_EVICT_PER_APPLY: usize = 16;
 const LEGACY_DEDUP: u8 = b'd';
 /// Prefix of the exactly-once table's chunks.
 const DEDUP_CHUNK: u8 = b'q';
-/// Most revisions one chunk of the exactly-once table spans (replicated layout: a
-/// constant).
-const DEDUP_CHUNK_REVISIONS: u64 = 64;
-/// A chunk of the exactly-once table takes no more entries once it holds this many
-/// bytes (bounds what one append copies; large values get a chunk each).
-const DEDUP_CHUNK_BYTES: usize = 32 << 10;
 /// The oldest revision whose exactly-once entry may still be live.
 const DEDUP_FLOOR: &[u8] = b"mdedup_floor";
 /// Meta key of the tree's layout version (absent: 1, the layout before chunks).
@@ -152,21 +147,13 @@ fn saga_closed_key(wall_ns: u64, id: &str) -> Vec<u8> {
 
 /// The key of the exactly-once chunk that starts at revision `first`.
 fn dedup_chunk_key(first: u64) -> [u8; 9] {
-    let mut k = [DEDUP_CHUNK; 9];
-    k[1..].copy_from_slice(&first.to_be_bytes());
-    k
+    chunk::key(DEDUP_CHUNK, first)
 }
 
 /// The first revision of the exactly-once chunk under key `k`.
 fn parse_dedup_chunk_key(k: &[u8]) -> Result<u64, StorageError> {
-    match k {
-        [DEDUP_CHUNK, rest @ ..] if rest.len() == 8 => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(rest);
-            Ok(u64::from_be_bytes(b))
-        }
-        _ => Err(StorageError::Corrupt("malformed exactly-once chunk key".into())),
-    }
+    chunk::first_revision(DEDUP_CHUNK, k)
+        .ok_or_else(|| StorageError::Corrupt("malformed exactly-once chunk key".into()))
 }
 
 /// One entry of an exactly-once chunk, encoded.
@@ -243,9 +230,9 @@ fn last_binlog_chunk(tree: &sled::Tree) -> Result<Option<(u64, sled::IVec)>, Sto
     }
 }
 
-/// The newest binlog chunk of `tree`: its first revision and length in bytes.
-fn load_binlog_tail(tree: &sled::Tree) -> Result<Option<(u64, usize)>, StorageError> {
-    Ok(last_binlog_chunk(tree)?.map(|(first, v)| (first, v.len())))
+/// The newest binlog chunk of `tree`.
+fn load_binlog_tail(tree: &sled::Tree) -> Result<Tail, StorageError> {
+    Ok(Tail::new(last_binlog_chunk(tree)?.map(|(first, v)| (first, v.len()))))
 }
 
 /// Refuse a tree of a newer layout than this build's, convert an older one, and
@@ -255,9 +242,11 @@ fn upgrade_layout(tree: &sled::Tree) -> Result<(), StorageError> {
     if found > LAYOUT_VERSION {
         return Err(StorageError::NewerLayout { found, known: LAYOUT_VERSION });
     }
-    migrate_legacy_dedup(tree)?;
-    migrate_legacy_binlog(tree)?;
-    if found != LAYOUT_VERSION {
+    if found < LAYOUT_VERSION {
+        // The version is recorded only once the conversions are done: a current tree
+        // holds no legacy keys, so opening one scans nothing.
+        migrate_legacy_dedup(tree)?;
+        migrate_legacy_binlog(tree)?;
         tree.insert(LAYOUT_KEY, encode(&LAYOUT_VERSION)?)?;
     }
     Ok(())
@@ -283,9 +272,9 @@ fn migrate_legacy_binlog(tree: &sled::Tree) -> Result<(), StorageError> {
                 if n >= INSTALL_BATCH_ITEMS {
                     break;
                 }
-                let tail = cur.as_ref().map(|(f, v)| (*f, v.len()));
-                let first = binlog::chunk_for(tail, rev);
-                if tail.map(|t| t.0) != Some(first) {
+                let held = cur.as_ref().map(|(f, v)| (*f, v.len()));
+                let first = Tail::new(held).place(rev, 0);
+                if held.map(|h| h.0) != Some(first) {
                     if let Some((f, v)) = cur.take() {
                         batch.insert(&binlog::chunk_key(f)[..], v);
                     }
@@ -350,8 +339,8 @@ struct LoadedDedup {
     index: DedupIndex,
     /// Entries applied before this revision are evicted.
     floor: u64,
-    /// The newest chunk: its first revision and length in bytes.
-    tail: Option<(u64, usize)>,
+    /// The newest chunk.
+    tail: Tail,
 }
 
 /// Build the exactly-once table's in-memory index from `tree`.
@@ -377,7 +366,7 @@ fn load_dedup_index(tree: &sled::Tree) -> Result<LoadedDedup, StorageError> {
             }
         }
     }
-    Ok(LoadedDedup { index: DedupIndex::load(items.into_iter())?, floor, tail })
+    Ok(LoadedDedup { index: DedupIndex::load(items.into_iter())?, floor, tail: Tail::new(tail) })
 }
 
 /// What changes with every applied entry (one sled key instead of five: with one
@@ -610,11 +599,11 @@ impl SmReader {
         let mut page = EventPage { events: Vec::new(), next: from, at_end: true };
         // A chunk spans under CHUNK_REVISIONS revisions: the one holding `from` starts
         // after from - CHUNK_REVISIONS.
-        let lo = binlog::chunk_key(from.0.saturating_sub(binlog::CHUNK_REVISIONS - 1));
+        let lo = binlog::chunk_key(from.0.saturating_sub(chunk::CHUNK_REVISIONS - 1));
         let hi = [binlog::CHUNK_PREFIX + 1];
         let mut scanned = 0usize;
         'chunks: for kv in self.shared.range(&lo, &hi) {
-            let (_, chunk) = kv.map_err(StorageError::from)?;
+            let (_, chunk) = kv?;
             for frame in binlog::frames(&chunk) {
                 let frame = frame.map_err(corrupt_binlog)?;
                 let head = frame.head().map_err(corrupt_binlog)?;
@@ -676,11 +665,10 @@ pub struct StateMachine {
     dedup_index: DedupIndex,
     /// The exactly-once table's floor: entries applied before it are evicted.
     dedup_floor: u64,
-    /// The exactly-once table's newest chunk: first revision and length in bytes.
-    dedup_tail: Option<(u64, usize)>,
-    /// The binlog's newest chunk: first revision and length in bytes (always the
-    /// chunk's length as the overlay sees it: the chunking rule depends on it).
-    binlog_tail: Option<(u64, usize)>,
+    /// The exactly-once table's newest chunk.
+    dedup_tail: Tail,
+    /// The binlog's newest chunk.
+    binlog_tail: Tail,
     /// The tree's [`SmState`] with the entries applied into the open batch.
     state: SmState,
     /// Cached front of the closed-saga index.
@@ -877,12 +865,8 @@ impl StateMachine {
         for e in &events {
             binlog::frame_event(e, &mut framed).map_err(corrupt_binlog)?;
         }
-        let first = binlog::chunk_for(self.binlog_tail, result.revision);
+        let first = self.binlog_tail.place(result.revision, framed.len());
         pending.append(&binlog::chunk_key(first), &framed)?;
-        self.binlog_tail = Some(match self.binlog_tail {
-            Some((f, len)) if f == first => (f, len + framed.len()),
-            _ => (first, framed.len()),
-        });
         count += events.len() as u64;
         self.state.chain = head;
         self.trim_events(pending, &mut count, result.hlc.wall_ns)?;
@@ -906,7 +890,7 @@ impl StateMachine {
         // Every event below the floor is gone, and a chunk spans under CHUNK_REVISIONS
         // revisions: the oldest chunk starts after floor - CHUNK_REVISIONS.
         let floor: u64 = pending.get_decoded(binlog::FLOOR_KEY)?.unwrap_or(0);
-        let lo = binlog::chunk_key(floor.saturating_sub(binlog::CHUNK_REVISIONS - 1));
+        let lo = binlog::chunk_key(floor.saturating_sub(chunk::CHUNK_REVISIONS - 1));
         let hi = [binlog::CHUNK_PREFIX + 1];
         let mut trimmed = 0usize;
         let mut trimming: Option<u64> = None;
@@ -948,20 +932,10 @@ impl StateMachine {
         for (k, edit) in edits {
             let first = binlog::parse_chunk_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("malformed binlog chunk key".into()))?;
-            let is_tail = self.binlog_tail.map(|t| t.0) == Some(first);
+            self.binlog_tail.resized(first, edit.as_ref().map(Vec::len));
             match edit {
-                None => {
-                    pending.remove(k);
-                    if is_tail {
-                        self.binlog_tail = None;
-                    }
-                }
-                Some(rest) => {
-                    if is_tail {
-                        self.binlog_tail = Some((first, rest.len()));
-                    }
-                    pending.insert(k, rest);
-                }
+                None => pending.remove(k),
+                Some(rest) => pending.insert(k, rest),
             }
         }
         self.binlog_oldest_wall = oldest_kept;
@@ -983,16 +957,8 @@ impl StateMachine {
         debug_assert!(revision >= self.dedup_floor, "apply below the exactly-once floor");
         let entry = DedupEntry { wall_ns: now, result: result.clone() };
         let item = encode_dedup_item(id, &entry)?;
-        let (chunk, len) = match self.dedup_tail {
-            Some((first, len))
-                if len < DEDUP_CHUNK_BYTES && revision - first < DEDUP_CHUNK_REVISIONS =>
-            {
-                (first, len + item.len())
-            }
-            _ => (revision, item.len()),
-        };
+        let chunk = self.dedup_tail.place(revision, item.len());
         pending.append(&dedup_chunk_key(chunk), &item)?;
-        self.dedup_tail = Some((chunk, len));
         self.dedup_index.insert(id, Remembered { revision, wall_ns: now, chunk });
         let mut count = self.state.dedup_count + 1;
         let cutoff = now.saturating_sub(self.dedup.window_ns);
@@ -1710,7 +1676,9 @@ mod tests {
         };
         let chunked = items(&tree);
         assert_eq!(chunked.len(), 3);
-        // Rewrite the table as an older version left it: one `d<id>` key per entry.
+        // Rewrite the table as an older version left it: one `d<id>` key per entry, and
+        // no layout version.
+        tree.remove(LAYOUT_KEY).expect("remove");
         for kv in tree.scan_prefix([DEDUP_CHUNK]) {
             let (k, chunk) = kv.expect("scan");
             for item in dedup_items(&chunk) {
@@ -1760,7 +1728,7 @@ mod tests {
             if let EntryPayload::Normal(c) = &mut e.payload {
                 c.op = Op::Put {
                     key: b"k".to_vec(),
-                    value: vec![b'x'; DEDUP_CHUNK_BYTES],
+                    value: vec![b'x'; chunk::CHUNK_BYTES],
                     expected_version: None,
                 };
             }
@@ -1790,8 +1758,10 @@ mod tests {
         f.sm.shared.flush().expect("flush");
         let before = all_events(&f.sm);
         let chunked = dump(&f.sm);
-        // Rewrite the binlog as an older version left it: one `b` key per event.
+        // Rewrite the binlog as an older version left it: one `b` key per event, and no
+        // layout version.
         let tree = f.sm.shared.tree();
+        tree.remove(LAYOUT_KEY).expect("remove");
         for e in &before {
             tree.insert(&binlog::event_key(e.revision, e.index)[..], encode(e).expect("enc"))
                 .expect("insert");
