@@ -26,19 +26,29 @@ fn parse_vm_rss_kib(status: &str) -> Option<u64> {
 }
 
 /// Disk space allocated to the files under `dir` (st_blocks, as `du` counts), MiB.
+/// The store is running while it is measured: a file or directory removed during the
+/// walk (a replaced snapshot, a purged log segment) counts as gone, not as an error.
 pub fn disk_usage_mib(dir: &Path) -> anyhow::Result<f64> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut stack = vec![dir.to_path_buf()];
     let (mut bytes, mut visited) = (0u64, 0usize);
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+        let entries = match std::fs::read_dir(&d) {
+            Err(e) if gone(&e) && d != dir => continue,
+            r => r.with_context(|| format!("read {}", d.display()))?,
+        };
+        for entry in entries {
             visited += 1;
             anyhow::ensure!(
                 visited <= MAX_WALK_ENTRIES,
                 "more than {MAX_WALK_ENTRIES} files under {}",
                 dir.display()
             );
-            let entry = entry?;
-            let meta = entry.metadata()?;
+            let entry = entry.with_context(|| format!("read {}", d.display()))?;
+            let meta = match entry.metadata() {
+                Err(e) if gone(&e) => continue,
+                r => r.with_context(|| format!("stat {}", entry.path().display()))?,
+            };
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
@@ -104,6 +114,37 @@ mod tests {
         std::fs::write(dir.path().join("a/f"), vec![1u8; 1024 * 1024]).expect("write");
         let mib = disk_usage_mib(dir.path()).expect("du");
         assert!((1.0..1.1).contains(&mib), "{mib}");
+    }
+
+    #[test]
+    fn files_removed_during_the_walk_are_skipped_but_a_missing_dir_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (root, stop) = (root.clone(), stop.clone());
+            // A store replacing files while it is measured (bounded: 20k rounds).
+            std::thread::spawn(move || {
+                for i in 0..20_000u32 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let sub = root.join(format!("d{}", i % 4));
+                    let _ = std::fs::create_dir(&sub);
+                    let _ = std::fs::write(sub.join(format!("f{}", i % 16)), [1u8; 10]);
+                    let _ = std::fs::remove_file(sub.join(format!("f{}", (i + 8) % 16)));
+                    if i % 64 == 0 {
+                        let _ = std::fs::remove_dir_all(&sub);
+                    }
+                }
+            })
+        };
+        for _ in 0..500 {
+            disk_usage_mib(&root).expect("a walk racing removals");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().expect("churn thread");
+        assert!(disk_usage_mib(&root.join("missing")).is_err());
     }
 
     #[test]

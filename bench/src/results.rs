@@ -306,12 +306,26 @@ fn targets(r: &Results) -> String {
         };
         row(&format!("{w} at 1 client: p50 <= etcd's"), text, ok);
     }
-    let res = |t: &str| r.resources.iter().filter(|x| x.target == t).max_by_key(|x| x.keys_loaded);
-    let (text, ok) = match (res("etcd"), res("meridian")) {
+    // Meridian's largest load (the first cluster size on a tie) against etcd's of the same
+    // size: a cluster of another size would compare different amounts of replication.
+    let meridian = r.resources.iter().filter(|x| x.target == "meridian").reduce(|a, b| {
+        if b.keys_loaded > a.keys_loaded {
+            b
+        } else {
+            a
+        }
+    });
+    let etcd = meridian.and_then(|m| {
+        r.resources
+            .iter()
+            .find(|x| x.target == "etcd" && x.nodes == m.nodes && x.keys_loaded == m.keys_loaded)
+    });
+    let (text, ok) = match (etcd, meridian) {
         (Some(e), Some(m)) => (
             format!(
-                "{} keys: RSS {:.0} vs {:.0} MiB, disk {:.0} vs {:.0} MiB (mean per node)",
+                "{} keys, {} nodes: RSS {:.0} vs {:.0} MiB, disk {:.0} vs {:.0} MiB (mean per node)",
                 m.keys_loaded,
+                m.nodes,
                 mean(&m.rss_mib),
                 mean(&e.rss_mib),
                 mean(&m.disk_mib),
@@ -528,6 +542,30 @@ mod tests {
         );
         assert!(md.contains("| serializable get at 64: >= 1.5x | - | not measured |"), "{md}");
         assert!(md.contains("| etcd | 3 | 1000 | 100 B | 1.0 | 50.0 / 60.0 / 70.0 |"), "{md}");
+    }
+
+    #[test]
+    fn resources_are_compared_at_the_same_cluster_size() {
+        let mut r = sample();
+        let res = |target: &str, nodes: usize, mib: f64| Resources {
+            target: target.into(),
+            nodes,
+            keys_loaded: 1000,
+            value_size: 100,
+            load_s: 1.0,
+            rss_mib: vec![mib; nodes],
+            disk_mib: vec![mib; nodes],
+        };
+        // etcd at 3 nodes: 50-70 MiB RSS, 64 MiB disk (sample); Meridian at 3 and at 5;
+        // etcd at 5 much larger. The verdict pairs the 3-node rows.
+        r.resources.push(res("meridian", 3, 100.0));
+        r.resources.push(res("etcd", 5, 500.0));
+        r.resources.push(res("meridian", 5, 10.0));
+        let md = markdown(&r);
+        assert!(
+            md.contains("1000 keys, 3 nodes: RSS 100 vs 60 MiB, disk 100 vs 64 MiB (mean per node) | NOT met |"),
+            "{md}"
+        );
     }
 
     #[test]
