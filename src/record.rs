@@ -395,6 +395,9 @@ pub enum Outcome {
         /// Steps whose key moved on (left alone).
         conflicts: Vec<SagaConflict>,
     },
+    /// A retry whose request id was first used for a request with other values: nothing
+    /// changed. The server answers INVALID_ARGUMENT.
+    ReusedRequestId,
 }
 
 /// What apply returns for one log entry.

@@ -181,6 +181,48 @@ async fn write_everything_twice(client: &Client, seed: u64) -> Vec<Sent> {
     sent
 }
 
+/// Send every id again with a write of other values (or of another kind): each must be
+/// refused with INVALID_ARGUMENT, not answered with the first write's response (the
+/// saved response of a write keeps no values; the retry's are checked against hashes).
+async fn reuse_ids_for_other_writes(client: &Client, sent: &[Sent]) {
+    for s in sent {
+        let other = match &s.write {
+            Write::Put { key, value, expected_version } => Write::Put {
+                key: key.clone(),
+                value: format!("{value}-other"),
+                expected_version: *expected_version,
+            },
+            Write::Delete { key, .. } => {
+                Write::Put { key: key.clone(), value: "x".into(), expected_version: None }
+            }
+            Write::Txn(_) => Write::Txn(
+                Txn::new()
+                    .when(txn::missing("eo/txn/a"))
+                    .then(txn::put("eo/txn/a", "a"))
+                    .then(txn::put("eo/txn/b", "other")),
+            ),
+        };
+        let refused = match &other {
+            Write::Put { key, value, expected_version } => {
+                let options = PutOptions {
+                    expected_version: *expected_version,
+                    request_id: Some(s.id.clone()),
+                    ..PutOptions::default()
+                };
+                client.put_with(key.as_str(), value.as_str(), options).await.err()
+            }
+            Write::Txn(t) => client.txn(t.clone().request_id(&s.id)).await.err(),
+            Write::Delete { .. } => unreachable!("no delete reuses an id here"),
+        };
+        match refused {
+            Some(ClientError::Rpc(e)) if e.code == tonic::Code::InvalidArgument => {
+                assert!(e.message.contains("request_id"), "{}: {e}", s.id);
+            }
+            got => panic!("{}: reusing the id for {other:?} was not refused: {got:?}", s.id),
+        }
+    }
+}
+
 /// The state every write applied exactly once leaves under [`PREFIX`].
 fn assert_applied_once(state: &BTreeMap<Vec<u8>, pb::Record>, when: &str) {
     let get = |key: &str| state.get(key.as_bytes());
@@ -245,6 +287,8 @@ async fn duplicate_writes_are_applied_once() {
         let sent = write_everything_twice(&client, seed).await;
         let before = state(&client).await;
         assert_applied_once(&before, "after sending every write twice");
+        reuse_ids_for_other_writes(&client, &sent).await;
+        assert_eq!(state(&client).await, before, "a refused reuse changed the state");
 
         replay_after_leader_kill(&cluster, &client, &sent, &before).await;
         replay_after_full_restart(&cluster, &client, &sent, &before).await;

@@ -266,7 +266,7 @@ fn header(
 }
 
 fn reused_id() -> Error {
-    Error::InvalidArgument("request_id was already used for a different kind of request".into())
+    Error::InvalidArgument("request_id was already used for a different request".into())
 }
 
 /// The error of an outcome that is not the expected kind: a deterministic refusal

@@ -20,6 +20,7 @@ mod chunk;
 mod dedup_index;
 pub mod log_store;
 mod pending;
+mod saved_response;
 pub mod snapshot;
 pub mod state_machine;
 mod time_index;

@@ -52,12 +52,13 @@ use super::binlog::{self, BinlogEvent, ChainHash, RetentionLimits};
 use super::chunk::{self, Tail};
 use super::dedup_index::{DedupIndex, Remembered};
 use super::pending::{Overlay, Pending, MAX_PENDING_BYTES, MAX_PENDING_ENTRIES};
+use super::saved_response;
 use super::snapshot::{write_snapshot, SnapshotReader};
 use super::time_index::TimeIndex;
 use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use super::{decode, encode, StorageError, Store, META_TREE};
 use crate::hlc::{Hlc, Timestamp};
-use crate::record::{ApplyResult, Outcome, Record, Saga};
+use crate::record::{ApplyResult, Op, Outcome, Record, Saga};
 
 const REC: u8 = b'k';
 const SAGA: u8 = b's';
@@ -72,8 +73,10 @@ const DEDUP_CHUNK: u8 = b'q';
 const DEDUP_FLOOR: &[u8] = b"mdedup_floor";
 /// Meta key of the tree's layout version (absent: 1, the layout before chunks).
 const LAYOUT_KEY: &[u8] = b"mlayout";
-/// The layout this build writes: 2 = exactly-once entries and binlog events in chunks.
-pub const LAYOUT_VERSION: u32 = 2;
+/// The layout this build writes: 2 = exactly-once entries and binlog events in chunks;
+/// 3 = saved responses without the values a retry carries (see [`saved_response`];
+/// version 2 entries keep theirs and replay as they are, so 2 converts by relabelling).
+pub const LAYOUT_VERSION: u32 = 3;
 /// Prefix of the former on-disk expiry index of the exactly-once table (legacy).
 const LEGACY_EXPIRY: u8 = b'e';
 const MEMBERSHIP: &[u8] = b"mmembership";
@@ -789,7 +792,7 @@ impl StateMachine {
                 match replay {
                     Some(d) => {
                         self.dedup_stats.hits.fetch_add(1, Ordering::Relaxed);
-                        ApplyResult { duplicate: true, ..d.result }
+                        saved_response::restore(d.result, &cmd.op)
                     }
                     None => {
                         let (result, effects) =
@@ -812,7 +815,7 @@ impl StateMachine {
                         self.append_events(pending, cmd, &result, effects.events)?;
                         self.state.last_hlc = result.hlc;
                         if !cmd.request_id.is_empty() {
-                            self.remember(pending, &cmd.request_id, &result)?;
+                            self.remember(pending, &cmd.request_id, &cmd.op, &result)?;
                         }
                         result
                     }
@@ -945,17 +948,19 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Add `id` to the exactly-once table and expire/evict old ids.
+    /// Add `id` (the request `op`, answered with `result`) to the exactly-once table and
+    /// expire/evict old ids.
     fn remember(
         &mut self,
         pending: &mut Pending<'_>,
         id: &str,
+        op: &Op,
         result: &ApplyResult,
     ) -> Result<(), StorageError> {
         let now = result.hlc.wall_ns;
         let revision = result.revision;
         debug_assert!(revision >= self.dedup_floor, "apply below the exactly-once floor");
-        let entry = DedupEntry { wall_ns: now, result: result.clone() };
+        let entry = DedupEntry { wall_ns: now, result: saved_response::elide(result, op) };
         let item = encode_dedup_item(id, &entry)?;
         let chunk = self.dedup_tail.place(revision, item.len());
         pending.append(&dedup_chunk_key(chunk), &item)?;
@@ -1723,21 +1728,25 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_takes_no_more_entries_once_it_is_big() {
         let mut f = Fixture::new(DedupLimits { window_ns: 1_000_000, max_entries: 10 });
-        for i in 0..3u64 {
-            let mut e = entry(f.next, 100 + i, &format!("big{i}"), "k");
+        let big = vec![b'x'; chunk::CHUNK_BYTES];
+        // A put's saved response leaves its value out: the seed's entry is small. Each
+        // failed create-only put then saves the big current record.
+        for (i, (id, expected)) in
+            [("seed", None), ("big0", Some(0)), ("big1", Some(0)), ("big2", Some(0))]
+                .into_iter()
+                .enumerate()
+        {
+            let mut e = entry(f.next, 100 + i as u64, id, "k");
             if let EntryPayload::Normal(c) = &mut e.payload {
-                c.op = Op::Put {
-                    key: b"k".to_vec(),
-                    value: vec![b'x'; chunk::CHUNK_BYTES],
-                    expected_version: None,
-                };
+                c.op =
+                    Op::Put { key: b"k".to_vec(), value: big.clone(), expected_version: expected };
             }
             f.next += 1;
             f.sm.apply(stream::iter([Ok((e, None))])).await.expect("apply");
         }
         f.put(200, "small", "k").await;
         f.put(201, "big1", "k").await; // a retry, found in its own chunk
-        assert_eq!(f.version("k"), 4);
+        assert_eq!(f.version("k"), 2);
         f.sm.shared.flush().expect("flush");
         let firsts: Vec<u64> =
             f.sm.shared
@@ -1746,7 +1755,8 @@ mod tests {
                 .keys()
                 .map(|k| parse_dedup_chunk_key(&k.expect("key")).expect("parse"))
                 .collect();
-        assert_eq!(firsts, vec![1, 2, 3, 4], "one chunk per large entry");
+        // The seed (revision 1) and big0 share chunk 1, which then takes no more.
+        assert_eq!(firsts, vec![1, 3, 4, 5], "one chunk per large entry");
     }
 
     #[tokio::test]
