@@ -10,7 +10,7 @@
 //! Values a request does not carry (a failed check's current record, a removed record,
 //! a Txn's reads) are kept whole.
 //!
-//! With 100 B values this takes about half of every entry; with 64 KiB values it is
+//! With 100 B values this removes about half of every entry; with 64 KiB values it is
 //! what keeps the table from storing 64 KiB per remembered request.
 
 use crate::record::{value_hash, ApplyResult, Op, Outcome, Record, TxnOp};
