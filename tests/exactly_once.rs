@@ -181,44 +181,78 @@ async fn write_everything_twice(client: &Client, seed: u64) -> Vec<Sent> {
     sent
 }
 
-/// Send every id again with a write of other values (or of another kind): each must be
-/// refused with INVALID_ARGUMENT, not answered with the first write's response (the
-/// saved response of a write keeps no values; the retry's are checked against hashes).
+/// Send every id again with another write: other values, the same values on another
+/// key or under another version condition, or another kind of write. Each must be
+/// refused with INVALID_ARGUMENT, never answered with the first write's response (a
+/// saved response remembers a hash of its whole request).
 async fn reuse_ids_for_other_writes(client: &Client, sent: &[Sent]) {
     for s in sent {
-        let other = match &s.write {
-            Write::Put { key, value, expected_version } => Write::Put {
-                key: key.clone(),
-                value: format!("{value}-other"),
-                expected_version: *expected_version,
-            },
-            Write::Delete { key, .. } => {
-                Write::Put { key: key.clone(), value: "x".into(), expected_version: None }
-            }
-            Write::Txn(_) => Write::Txn(
-                Txn::new()
-                    .when(txn::missing("eo/txn/a"))
-                    .then(txn::put("eo/txn/a", "a"))
-                    .then(txn::put("eo/txn/b", "other")),
-            ),
-        };
-        let refused = match &other {
-            Write::Put { key, value, expected_version } => {
-                let options = PutOptions {
+        let others = match &s.write {
+            Write::Put { key, value, expected_version } => vec![
+                Write::Put {
+                    key: key.clone(),
+                    value: format!("{value}-other"),
                     expected_version: *expected_version,
-                    request_id: Some(s.id.clone()),
-                    ..PutOptions::default()
-                };
-                client.put_with(key.as_str(), value.as_str(), options).await.err()
-            }
-            Write::Txn(t) => client.txn(t.clone().request_id(&s.id)).await.err(),
-            Write::Delete { .. } => unreachable!("no delete reuses an id here"),
+                },
+                Write::Put {
+                    key: format!("{key}-other"),
+                    value: value.clone(),
+                    expected_version: *expected_version,
+                },
+                Write::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    expected_version: match expected_version {
+                        None => Some(0),
+                        Some(_) => None,
+                    },
+                },
+            ],
+            Write::Delete { key, expected_version } => vec![
+                Write::Put { key: key.clone(), value: "x".into(), expected_version: None },
+                Write::Delete { key: format!("{key}-other"), expected_version: *expected_version },
+            ],
+            Write::Txn(_) => vec![
+                Write::Txn(
+                    Txn::new()
+                        .when(txn::missing("eo/txn/a"))
+                        .then(txn::put("eo/txn/a", "a"))
+                        .then(txn::put("eo/txn/b", "other")),
+                ),
+                Write::Txn(
+                    Txn::new()
+                        .when(txn::missing("eo/txn/other"))
+                        .then(txn::put("eo/txn/a", "a"))
+                        .then(txn::put("eo/txn/b", "b")),
+                ),
+            ],
         };
-        match refused {
-            Some(ClientError::Rpc(e)) if e.code == tonic::Code::InvalidArgument => {
-                assert!(e.message.contains("request_id"), "{}: {e}", s.id);
+        for other in others {
+            let refused = match &other {
+                Write::Put { key, value, expected_version } => {
+                    let options = PutOptions {
+                        expected_version: *expected_version,
+                        request_id: Some(s.id.clone()),
+                        ..PutOptions::default()
+                    };
+                    client.put_with(key.as_str(), value.as_str(), options).await.err()
+                }
+                Write::Delete { key, expected_version } => {
+                    let options = DeleteOptions {
+                        expected_version: *expected_version,
+                        request_id: Some(s.id.clone()),
+                        ..DeleteOptions::default()
+                    };
+                    client.delete(key.as_str(), options).await.err()
+                }
+                Write::Txn(t) => client.txn(t.clone().request_id(&s.id)).await.err(),
+            };
+            match refused {
+                Some(ClientError::Rpc(e)) if e.code == tonic::Code::InvalidArgument => {
+                    assert!(e.message.contains("request_id"), "{}: {e}", s.id);
+                }
+                got => panic!("{}: reusing the id for {other:?} was not refused: {got:?}", s.id),
             }
-            got => panic!("{}: reusing the id for {other:?} was not refused: {got:?}", s.id),
         }
     }
 }

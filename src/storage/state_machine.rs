@@ -58,7 +58,7 @@ use super::time_index::TimeIndex;
 use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use super::{decode, encode, StorageError, Store, META_TREE};
 use crate::hlc::{Hlc, Timestamp};
-use crate::record::{ApplyResult, Op, Outcome, Record, Saga};
+use crate::record::{ApplyResult, Command, Outcome, Record, Saga};
 
 const REC: u8 = b'k';
 const SAGA: u8 = b's';
@@ -75,8 +75,15 @@ const DEDUP_FLOOR: &[u8] = b"mdedup_floor";
 const LAYOUT_KEY: &[u8] = b"mlayout";
 /// The layout this build writes: 2 = exactly-once entries and binlog events in chunks;
 /// 3 = saved responses without the values a retry carries (see [`saved_response`];
-/// version 2 entries keep theirs and replay as they are, so 2 converts by relabelling).
-pub const LAYOUT_VERSION: u32 = 3;
+/// version 2 entries keep theirs and replay as they are); 4 = exactly-once entries
+/// with a hash of their request (2 and 3 convert by re-encoding their chunks, entries
+/// without a hash).
+pub const LAYOUT_VERSION: u32 = 4;
+/// How far a conversion of the exactly-once chunks to layout 4 got: the first
+/// revision of the next chunk to convert (absent: none converted yet).
+const DEDUP_CONVERTED: &[u8] = b"mdedup_converted";
+/// Bytes of exactly-once chunks converted per atomic batch (at least one chunk).
+const CONVERT_BATCH_BYTES: usize = 4 << 20;
 /// Prefix of the former on-disk expiry index of the exactly-once table (legacy).
 const LEGACY_EXPIRY: u8 = b'e';
 const MEMBERSHIP: &[u8] = b"mmembership";
@@ -113,6 +120,22 @@ pub struct DedupEntry {
     pub wall_ns: u64,
     /// The original response.
     pub result: ApplyResult,
+    /// [`saved_response::request_hash`] of the request (None: remembered before
+    /// layout 4; a retry is then checked by its values alone).
+    pub request: Option<u64>,
+}
+
+/// An exactly-once entry as layouts 1 to 3 encoded it.
+#[derive(Serialize, Deserialize)]
+struct LegacyDedupEntry {
+    wall_ns: u64,
+    result: ApplyResult,
+}
+
+impl From<LegacyDedupEntry> for DedupEntry {
+    fn from(e: LegacyDedupEntry) -> Self {
+        DedupEntry { wall_ns: e.wall_ns, result: e.result, request: None }
+    }
 }
 
 /// Counters of the exactly-once table, for metrics.
@@ -248,11 +271,61 @@ fn upgrade_layout(tree: &sled::Tree) -> Result<(), StorageError> {
     if found < LAYOUT_VERSION {
         // The version is recorded only once the conversions are done: a current tree
         // holds no legacy keys, so opening one scans nothing.
-        migrate_legacy_dedup(tree)?;
+        if found == 1 {
+            // Its exactly-once ids become chunks in this layout's format.
+            migrate_legacy_dedup(tree)?;
+        } else {
+            convert_dedup_chunks(tree)?;
+        }
         migrate_legacy_binlog(tree)?;
-        tree.insert(LAYOUT_KEY, encode(&LAYOUT_VERSION)?)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(LAYOUT_KEY, encode(&LAYOUT_VERSION)?);
+        batch.remove(DEDUP_CONVERTED);
+        tree.apply_batch(batch)?;
     }
     Ok(())
+}
+
+/// Re-encode the exactly-once chunks of a layout 2 or 3 tree in this layout's entry
+/// format (entries without a request hash), about [`CONVERT_BATCH_BYTES`] at a time.
+/// Each batch also records where the next one starts ([`DEDUP_CONVERTED`]), so an
+/// interrupted conversion resumes there and never decodes a converted chunk again.
+fn convert_dedup_chunks(tree: &sled::Tree) -> Result<(), StorageError> {
+    loop {
+        let from: u64 = get_meta(tree, DEDUP_CONVERTED)?.unwrap_or(0);
+        let mut batch = sled::Batch::default();
+        let (mut bytes, mut next) = (0, None);
+        for kv in tree.range(dedup_chunk_key(from)..=dedup_chunk_key(u64::MAX)) {
+            let (k, chunk) = kv?;
+            let first = parse_dedup_chunk_key(&k)?;
+            if bytes >= CONVERT_BATCH_BYTES {
+                next = Some(first);
+                break;
+            }
+            let mut converted = Vec::with_capacity(chunk.len() + chunk::CHUNK_REVISIONS as usize);
+            let mut rest: &[u8] = &chunk;
+            while !rest.is_empty() {
+                let ((id, entry), tail) =
+                    postcard::take_from_bytes::<(String, LegacyDedupEntry)>(rest).map_err(|e| {
+                        StorageError::Corrupt(format!("exactly-once chunk (layout 3): {e}"))
+                    })?;
+                converted.extend_from_slice(&encode_dedup_item(&id, &entry.into())?);
+                rest = tail;
+            }
+            bytes += converted.len();
+            batch.insert(k, converted);
+        }
+        match next {
+            Some(first) => batch.insert(DEDUP_CONVERTED, encode(&first)?),
+            // Past the last chunk: nothing below `u64::MAX` is left to convert.
+            None => batch.insert(DEDUP_CONVERTED, encode(&u64::MAX)?),
+        }
+        let done = next.is_none();
+        tree.apply_batch(batch)?;
+        if done {
+            return Ok(());
+        }
+    }
 }
 
 /// Convert the legacy one-key-per-event binlog of `tree` (see [`super::binlog`]) into
@@ -315,7 +388,7 @@ fn migrate_legacy_dedup(tree: &sled::Tree) -> Result<(), StorageError> {
             let (k, v) = kv?;
             let id = std::str::from_utf8(&k[1..])
                 .map_err(|_| StorageError::Corrupt("request id is not UTF-8".into()))?;
-            let entry: DedupEntry = decode(&v)?;
+            let entry: DedupEntry = decode::<LegacyDedupEntry>(&v)?.into();
             let key = dedup_chunk_key(entry.result.revision);
             let chunk = match chunks.entry(key) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -792,7 +865,8 @@ impl StateMachine {
                 match replay {
                     Some(d) => {
                         self.dedup_stats.hits.fetch_add(1, Ordering::Relaxed);
-                        saved_response::restore(d.result, &cmd.op)
+                        let hash = saved_response::request_hash(cmd)?;
+                        saved_response::restore(d.result, d.request, &cmd.op, hash)
                     }
                     None => {
                         let (result, effects) =
@@ -815,7 +889,7 @@ impl StateMachine {
                         self.append_events(pending, cmd, &result, effects.events)?;
                         self.state.last_hlc = result.hlc;
                         if !cmd.request_id.is_empty() {
-                            self.remember(pending, &cmd.request_id, &cmd.op, &result)?;
+                            self.remember(pending, cmd, &result)?;
                         }
                         result
                     }
@@ -948,19 +1022,23 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Add `id` (the request `op`, answered with `result`) to the exactly-once table and
+    /// Add the request `cmd`, answered with `result`, to the exactly-once table and
     /// expire/evict old ids.
     fn remember(
         &mut self,
         pending: &mut Pending<'_>,
-        id: &str,
-        op: &Op,
+        cmd: &Command,
         result: &ApplyResult,
     ) -> Result<(), StorageError> {
+        let id = cmd.request_id.as_str();
         let now = result.hlc.wall_ns;
         let revision = result.revision;
         debug_assert!(revision >= self.dedup_floor, "apply below the exactly-once floor");
-        let entry = DedupEntry { wall_ns: now, result: saved_response::elide(result, op) };
+        let entry = DedupEntry {
+            wall_ns: now,
+            result: saved_response::elide(result, &cmd.op),
+            request: Some(saved_response::request_hash(cmd)?),
+        };
         let item = encode_dedup_item(id, &entry)?;
         let chunk = self.dedup_tail.place(revision, item.len());
         pending.append(&dedup_chunk_key(chunk), &item)?;
@@ -1690,6 +1768,7 @@ mod tests {
                 let (id, entry) = item.expect("item");
                 let mut legacy = vec![LEGACY_DEDUP];
                 legacy.extend_from_slice(id.as_bytes());
+                let entry = LegacyDedupEntry { wall_ns: entry.wall_ns, result: entry.result };
                 tree.insert(legacy, encode(&entry).expect("enc")).expect("insert");
             }
             tree.remove(k).expect("remove");
@@ -1700,6 +1779,61 @@ mod tests {
         assert!(f.sm.shared.tree().scan_prefix([LEGACY_DEDUP]).next().is_none());
         f.put(200, "b", "b").await;
         assert_eq!(f.version("b"), 1, "a converted id is still deduplicated");
+    }
+
+    #[tokio::test]
+    async fn layout_3_chunks_are_re_encoded_on_open_resuming_an_interrupted_conversion() {
+        let mut f = Fixture::new(DedupLimits { window_ns: u64::MAX / 2, max_entries: 1_000 });
+        // Revisions 1..=150 fill chunks starting at 1, 65 and 129.
+        for i in 0..150u64 {
+            f.put(100 + i, &format!("id{i}"), &format!("k{}", i % 5)).await;
+        }
+        f.sm.shared.flush().expect("flush");
+        let tree = f.sm.shared.tree();
+        type Items = Vec<(String, u64, u64, Option<u64>)>;
+        let items = |tree: &sled::Tree| -> Items {
+            let mut out = Vec::new();
+            for kv in tree.scan_prefix([DEDUP_CHUNK]) {
+                for item in dedup_items(&kv.expect("scan").1) {
+                    let (id, e) = item.expect("item");
+                    out.push((id, e.result.revision, e.wall_ns, e.request));
+                }
+            }
+            out
+        };
+        let hashed = items(&tree);
+        assert_eq!(hashed.len(), 150);
+        assert!(hashed.iter().all(|i| i.3.is_some()), "this layout hashes every request");
+        // Rewrite the table as layout 3 left it, except its first chunk, as if a
+        // conversion had converted it and stopped there.
+        tree.insert(LAYOUT_KEY, encode(&3u32).expect("enc")).expect("insert");
+        tree.insert(DEDUP_CONVERTED, encode(&65u64).expect("enc")).expect("insert");
+        for kv in tree.scan_prefix([DEDUP_CHUNK]) {
+            let (k, chunk) = kv.expect("scan");
+            let first = parse_dedup_chunk_key(&k).expect("key");
+            let mut rewritten = Vec::new();
+            for item in dedup_items(&chunk) {
+                let (id, e) = item.expect("item");
+                rewritten.extend_from_slice(&if first < 65 {
+                    encode_dedup_item(&id, &DedupEntry { request: None, ..e }).expect("enc")
+                } else {
+                    encode(&(id, LegacyDedupEntry { wall_ns: e.wall_ns, result: e.result }))
+                        .expect("enc")
+                });
+            }
+            tree.insert(k, rewritten).expect("insert");
+        }
+        f.reopen();
+        let tree = f.sm.shared.tree();
+        let unhashed: Items = hashed.iter().map(|(i, r, w, _)| (i.clone(), *r, *w, None)).collect();
+        assert_eq!(items(&tree), unhashed, "every entry kept, none hashed after the fact");
+        assert_eq!(get_meta::<u32>(&tree, LAYOUT_KEY).expect("get"), Some(LAYOUT_VERSION));
+        assert!(!tree.contains_key(DEDUP_CONVERTED).expect("get"), "the marker is gone");
+        f.put(300, "id7", "k2").await;
+        assert_eq!(f.version("k2"), 30, "a converted id is still deduplicated");
+        f.put(301, "new", "k0").await;
+        f.reopen();
+        assert_eq!(items(&f.sm.shared.tree()).last().map(|i| i.3.is_some()), Some(true));
     }
 
     #[tokio::test]
