@@ -237,6 +237,11 @@ async fn tls_cluster_serves_authorized_clients_and_refuses_everyone_else() {
     assert!(out.status.success(), "binlog tail: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"revision\""), "{out:?}");
 
+    // A client that does not use TLS is told so, not only "h2 protocol error".
+    let out = run_cli(&["kv", "--endpoints", &endpoints, "--timeout", "5s", "get", "app/cli"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("if it serves TLS"), "{out:?}");
+
     let leader_addr = cluster.api_addr(leader).expect("addr");
     // 1. No client certificate (required): UNAUTHENTICATED.
     let mut no_cert = KvClient::new(channel(leader_addr, d, None));

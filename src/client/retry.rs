@@ -150,7 +150,34 @@ pub fn describe(status: &Status) -> (Code, String) {
     } else {
         status.code()
     };
+    if let Some(hint) = tls_mismatch_hint(&message) {
+        message = format!("{message} ({hint})");
+    }
     (code, message)
+}
+
+/// Transport failures that mean the client and the server do not speak the same
+/// protocol, by the text of their cause (h2 and rustls reach us through tonic as
+/// boxed errors), and what the user should check.
+const PROTOCOL_MISMATCHES: [(&str, &str); 2] = [
+    // A TLS alert (or an HTTP/1 answer) read as an HTTP/2 frame header: its length
+    // field is far above the largest frame.
+    (
+        "frame with invalid size",
+        "the server did not answer in HTTP/2: if it serves TLS, give the client its CA \
+         (--tls-dir, --ca, or ca_file under [tls])",
+    ),
+    // Plaintext HTTP/2 read as a TLS record.
+    (
+        "InvalidContentType",
+        "the server did not answer with TLS: if it serves plaintext, connect without TLS",
+    ),
+];
+
+/// What to tell the user when `message` shows a protocol mismatch (see
+/// [`PROTOCOL_MISMATCHES`]).
+fn tls_mismatch_hint(message: &str) -> Option<&'static str> {
+    PROTOCOL_MISMATCHES.iter().find(|(cause, _)| message.contains(cause)).map(|(_, hint)| *hint)
 }
 
 /// The leader address in an UNAVAILABLE status's metadata, if well formed.
@@ -308,6 +335,24 @@ mod tests {
         // A server's own deadline enforcement, received over the wire (no source).
         let over_the_wire = Status::cancelled("Timeout expired");
         assert_eq!(describe(&over_the_wire).0, Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn a_protocol_mismatch_names_tls() {
+        // The causes as tonic reports them (plaintext client and TLS server, and back).
+        let mut status = Status::internal("h2 protocol error: http2 error");
+        status.set_source(Arc::new(std::io::Error::other(
+            "connection error detected: frame with invalid size",
+        )));
+        let (code, message) = describe(&status);
+        assert_eq!(code, Code::Internal);
+        assert!(
+            message.ends_with("give the client its CA (--tls-dir, --ca, or ca_file under [tls]))"),
+            "{message}"
+        );
+        let status = Status::unavailable("received corrupt message of type InvalidContentType");
+        assert!(describe(&status).1.contains("if it serves plaintext, connect without TLS"));
+        assert_eq!(describe(&Status::internal("boom")).1, "boom");
     }
 
     #[test]
