@@ -14,8 +14,11 @@
 //!    forwarded by a node are not charged again.
 //! 4. Metrics: `meridian_grpc_requests_total{method,code}` and
 //!    `meridian_grpc_request_duration_seconds{method}` for every request, refused
-//!    ones included. The code is the `grpc-status` of the response headers (unary
-//!    calls and refusals); a stream that fails after its headers counts as OK.
+//!    ones included, recorded when the response body ends ([`Metered`]): the code is
+//!    the `grpc-status` of the trailers (where a stream that fails after its headers
+//!    puts it), else of the headers (refusals and unary errors); a body dropped before
+//!    its end (the client went away) counts as CANCELLED. The duration runs to the
+//!    body's end, so a stream's is its whole life.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -342,14 +345,90 @@ impl LayerState {
     }
 }
 
-fn response_code(resp: &http::Response<Body>) -> &'static str {
-    let code = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-    code_label(code)
+/// The `grpc-status` in `headers` (response headers or trailers), if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let v = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from_i32(v))
+}
+
+/// A response body that records its request's metrics once it ends (see the module
+/// doc): at its trailers (always its last frame), at its end, at an error, or when
+/// dropped.
+struct Metered {
+    inner: Body,
+    method: &'static str,
+    started: Instant,
+    /// The response headers' code (OK when they carry none: a status follows in the
+    /// trailers).
+    code: tonic::Code,
+    recorded: bool,
+    /// Tests: where the recorded codes go instead of the metrics.
+    #[cfg(test)]
+    seen: Arc<std::sync::Mutex<Vec<tonic::Code>>>,
+}
+
+impl Metered {
+    /// Count the request under `code`, once.
+    fn record(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        #[cfg(test)]
+        self.seen.lock().expect("lock").push(code);
+        let (method, code) = (self.method, code_label(code));
+        metrics::counter!("meridian_grpc_requests_total", "method" => method, "code" => code)
+            .increment(1);
+        metrics::histogram!("meridian_grpc_request_duration_seconds", "method" => method)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl http_body::Body for Metered {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers).unwrap_or(self.code);
+                    self.record(code);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let code = e.code();
+                self.record(code);
+            }
+            Poll::Ready(None) => {
+                let code = self.code;
+                self.record(code);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // A trailers-only answer (a refusal, a unary error) has an empty body the
+        // server need not poll; anything else dropped early was cut off.
+        let ended = http_body::Body::is_end_stream(&self.inner);
+        let code = if ended { self.code } else { tonic::Code::Cancelled };
+        self.record(code);
+    }
 }
 
 impl<S, B> tower::Service<http::Request<B>> for ApiService<S>
@@ -386,12 +465,18 @@ where
                     h.insert(REQUEST_ID_METADATA, v);
                 }
             }
-            let code = response_code(&resp);
-            metrics::counter!("meridian_grpc_requests_total", "method" => method, "code" => code)
-                .increment(1);
-            metrics::histogram!("meridian_grpc_request_duration_seconds", "method" => method)
-                .record(started.elapsed().as_secs_f64());
-            Ok(resp)
+            let code = grpc_status(resp.headers()).unwrap_or(tonic::Code::Ok);
+            Ok(resp.map(|inner| {
+                Body::new(Metered {
+                    inner,
+                    method,
+                    started,
+                    code,
+                    recorded: false,
+                    #[cfg(test)]
+                    seen: Default::default(),
+                })
+            }))
         })
     }
 }
@@ -433,6 +518,73 @@ mod tests {
     fn unknown_paths_share_one_method_label() {
         assert_eq!(method_label("/meridian.v1.Kv/Put"), "meridian.v1.Kv/Put");
         assert_eq!(method_label("/meridian.v1.Kv/Nope"), UNKNOWN_METHOD);
+    }
+
+    /// A body of `frames`, then its end.
+    struct Frames(std::collections::VecDeque<http_body::Frame<bytes::Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn trailers(code: i32) -> http_body::Frame<bytes::Bytes> {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from(code));
+        http_body::Frame::trailers(t)
+    }
+
+    /// The code a response body of `frames` (headers' code `headers`) is counted
+    /// under when it is polled `polls` times, then dropped.
+    fn counted(
+        headers: tonic::Code,
+        frames: Vec<http_body::Frame<bytes::Bytes>>,
+        polls: usize,
+    ) -> tonic::Code {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut body = Metered {
+            inner: Body::new(Frames(frames.into())),
+            method: "test",
+            started: Instant::now(),
+            code: headers,
+            recorded: false,
+            seen: seen.clone(),
+        };
+        for _ in 0..polls {
+            let _ = futures::executor::block_on(std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(Pin::new(&mut body), cx)
+            }));
+        }
+        drop(body);
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 1, "counted once: {seen:?}");
+        seen[0]
+    }
+
+    #[test]
+    fn a_response_is_counted_once_under_its_final_code() {
+        use tonic::Code;
+        let data = || http_body::Frame::data(bytes::Bytes::from_static(b"msg"));
+        // A unary answer, or a stream that ends well: data, then OK trailers.
+        assert_eq!(counted(Code::Ok, vec![data(), trailers(0)], 2), Code::Ok);
+        // A stream that fails after its headers: the status is in the trailers.
+        assert_eq!(counted(Code::Ok, vec![data(), data(), trailers(11)], 3), Code::OutOfRange);
+        // A trailers-only refusal: empty body, status in the headers, maybe never polled.
+        assert_eq!(counted(Code::InvalidArgument, vec![], 0), Code::InvalidArgument);
+        assert_eq!(counted(Code::InvalidArgument, vec![], 1), Code::InvalidArgument);
+        // The client went away mid-stream.
+        assert_eq!(counted(Code::Ok, vec![data(), data(), trailers(0)], 1), Code::Cancelled);
     }
 
     #[test]
