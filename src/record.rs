@@ -54,8 +54,10 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// The key (1..=max_key_bytes bytes).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value (0..=max_value_bytes bytes).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Per-key counter: 1 on create, +1 on every write.
     pub version: u64,
@@ -143,7 +145,7 @@ pub enum CompareTarget {
     /// The key's version (0 when absent).
     Version(u64),
     /// The value bytes (an absent key never matches).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Existence.
     Exists(bool),
 }
@@ -152,6 +154,7 @@ pub enum CompareTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key compared.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Comparison operator.
     pub op: CompareOp,
@@ -178,18 +181,22 @@ pub enum TxnOp {
     /// Write a value.
     Put {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove a key.
     Delete {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Read a key (at the Txn's point in the log).
     Get {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
 }
@@ -209,8 +216,10 @@ pub enum Op {
     /// Create or replace.
     Put {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// None: unconditional; Some(0): create only; Some(n): only at version n.
         expected_version: Option<u64>,
@@ -218,6 +227,7 @@ pub enum Op {
     /// Remove.
     Delete {
         /// Key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// None: unconditional; Some(n): only at version n.
         expected_version: Option<u64>,
@@ -274,6 +284,7 @@ pub enum SagaState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaStep {
     /// The key written.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Revision of the write.
     pub revision: Revision,
@@ -287,6 +298,7 @@ pub struct SagaStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaConflict {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The version the saga's write produced (0 for a delete).
     pub saga_version: u64,
@@ -452,6 +464,44 @@ impl From<Record> for pb::Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`Record`] as it was declared before its byte fields were `serde_bytes`.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct ElementWise {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        version: u64,
+        revision: Revision,
+        create_revision: Revision,
+        hlc: Timestamp,
+        hash: u64,
+        source: Source,
+        status: Status,
+    }
+
+    #[test]
+    fn byte_fields_keep_their_encoding() {
+        // A Vec<u8> in postcard is its length and its bytes either way: serde_bytes
+        // only writes them as one slice instead of one by one, so every log entry,
+        // record and binlog chunk written before reads back, and new ones are the same
+        // bytes (replicas of both builds agree, and the binlog's chain hashes hold).
+        let value: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let r = Record { value: value.clone(), key: b"k\x00\xff".to_vec(), ..rec(3, 9, 2) };
+        let old = ElementWise {
+            key: r.key.clone(),
+            value,
+            version: r.version,
+            revision: r.revision,
+            create_revision: r.create_revision,
+            hlc: r.hlc,
+            hash: r.hash,
+            source: r.source.clone(),
+            status: r.status.clone(),
+        };
+        let bytes = postcard::to_stdvec(&old).expect("encode");
+        assert_eq!(postcard::to_stdvec(&r).expect("encode"), bytes);
+        assert_eq!(postcard::from_bytes::<Record>(&bytes).expect("decode"), r);
+    }
 
     fn rec(version: u64, revision: u64, create: u64) -> Record {
         Record {

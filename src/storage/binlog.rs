@@ -78,6 +78,7 @@ pub struct BinlogEvent {
     /// The HLC the command was applied with.
     pub hlc: Timestamp,
     /// The key changed (empty for saga lifecycle events).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// What happened.
     pub op: EventOp,
