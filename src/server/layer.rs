@@ -354,7 +354,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
 /// A response body that records its request's metrics once it ends (see the module
 /// doc): at its trailers (always its last frame), at its end, at an error, or when
 /// dropped.
-struct Metered {
+pub struct Metered {
     inner: Body,
     method: &'static str,
     started: Instant,
@@ -437,7 +437,7 @@ where
     S::Future: Send + 'static,
     B: Send + 'static,
 {
-    type Response = http::Response<Body>;
+    type Response = http::Response<Metered>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -466,16 +466,14 @@ where
                 }
             }
             let code = grpc_status(resp.headers()).unwrap_or(tonic::Code::Ok);
-            Ok(resp.map(|inner| {
-                Body::new(Metered {
-                    inner,
-                    method,
-                    started,
-                    code,
-                    recorded: false,
-                    #[cfg(test)]
-                    seen: Default::default(),
-                })
+            Ok(resp.map(|inner| Metered {
+                inner,
+                method,
+                started,
+                code,
+                recorded: false,
+                #[cfg(test)]
+                seen: Default::default(),
             }))
         })
     }
