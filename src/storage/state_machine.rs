@@ -189,13 +189,21 @@ fn encode_dedup_item(id: &str, entry: &DedupEntry) -> Result<Vec<u8>, StorageErr
 
 /// The entries of an exactly-once chunk, in the order they were appended.
 fn dedup_items(
-    mut chunk: &[u8],
+    chunk: &[u8],
 ) -> impl Iterator<Item = Result<(String, DedupEntry), StorageError>> + '_ {
+    chunk_items(chunk)
+}
+
+/// The `(request id, E)` items of an exactly-once chunk, `E` being the entry format
+/// the chunk was written in.
+fn chunk_items<E: for<'a> Deserialize<'a>>(
+    mut chunk: &[u8],
+) -> impl Iterator<Item = Result<(String, E), StorageError>> + '_ {
     std::iter::from_fn(move || {
         if chunk.is_empty() {
             return None;
         }
-        match postcard::take_from_bytes::<(String, DedupEntry)>(chunk) {
+        match postcard::take_from_bytes::<(String, E)>(chunk) {
             Ok((item, rest)) => {
                 chunk = rest;
                 Some(Ok(item))
@@ -303,14 +311,9 @@ fn convert_dedup_chunks(tree: &sled::Tree) -> Result<(), StorageError> {
                 break;
             }
             let mut converted = Vec::with_capacity(chunk.len() + chunk::CHUNK_REVISIONS as usize);
-            let mut rest: &[u8] = &chunk;
-            while !rest.is_empty() {
-                let ((id, entry), tail) =
-                    postcard::take_from_bytes::<(String, LegacyDedupEntry)>(rest).map_err(|e| {
-                        StorageError::Corrupt(format!("exactly-once chunk (layout 3): {e}"))
-                    })?;
+            for item in chunk_items::<LegacyDedupEntry>(&chunk) {
+                let (id, entry) = item?;
                 converted.extend_from_slice(&encode_dedup_item(&id, &entry.into())?);
-                rest = tail;
             }
             bytes += converted.len();
             batch.insert(k, converted);
