@@ -49,6 +49,8 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub const PREALLOCATE_BYTES: u64 = 8 * 1024 * 1024;
 /// Largest record accepted (an entry holds at most a few MiB of values), bytes.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+/// Most bytes one `pread` of [`Wal::read`] covers (a single larger record is read whole).
+pub const READ_RUN_BYTES: u64 = 1024 * 1024;
 /// Record header: length and checksum, bytes.
 const HEADER_BYTES: usize = 12;
 /// Segment file name suffix.
@@ -358,6 +360,10 @@ impl Wal {
     }
 
     /// Live entries with index in `start..end` (end exclusive; `None`: to the end).
+    ///
+    /// Records that sit back to back in one segment are read with one `pread` of the
+    /// whole run (at most [`READ_RUN_BYTES`], or one record if that is larger): a
+    /// replication batch or an apply batch is one or a few syscalls, not one per entry.
     pub fn read(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
         let Some(first) = self.positions.front().map(|p| p.log_id.index) else {
             return Ok(Vec::new());
@@ -367,22 +373,53 @@ impl Wal {
             Some(e) => (e.saturating_sub(first) as usize).min(self.positions.len()),
             None => self.positions.len(),
         };
-        let mut out = Vec::with_capacity(to.saturating_sub(from));
-        for pos in self.positions.range(from.min(to)..to) {
+        let from = from.min(to);
+        let mut out = Vec::with_capacity(to - from);
+        let mut buf = Vec::new();
+        let mut i = from;
+        while i < to {
+            let head = self.positions[i];
             let seg = self
                 .segments
-                .get(&pos.segment)
-                .ok_or_else(|| corrupt(format!("segment {} missing", pos.segment)))?;
-            let mut buf = vec![0u8; pos.len as usize];
-            seg.file
-                .read_exact_at(&mut buf, pos.offset)
-                .map_err(|e| io(format!("read {}", seg.path.display()), e))?;
-            let entry: Entry = decode(&buf)?;
-            if entry.log_id != pos.log_id {
-                return Err(corrupt(format!("log position {} holds {}", pos.log_id, entry.log_id)));
+                .get(&head.segment)
+                .ok_or_else(|| corrupt(format!("segment {} missing", head.segment)))?;
+            // The run: the records after `head` that start where the previous one ends.
+            let mut run_end = head.offset + u64::from(head.len);
+            let mut j = i + 1;
+            while j < to {
+                let next = self.positions[j];
+                let contiguous = next.segment == head.segment
+                    && next.offset == run_end + HEADER_BYTES as u64
+                    && next.offset + u64::from(next.len) - head.offset <= READ_RUN_BYTES;
+                if !contiguous {
+                    break;
+                }
+                run_end = next.offset + u64::from(next.len);
+                j += 1;
             }
-            out.push(entry);
+            let run_len = usize::try_from(run_end - head.offset)
+                .map_err(|_| corrupt(format!("read run of {} bytes", run_end - head.offset)))?;
+            buf.clear();
+            buf.resize(run_len, 0);
+            seg.file
+                .read_exact_at(&mut buf, head.offset)
+                .map_err(|e| io(format!("read {}", seg.path.display()), e))?;
+            for pos in self.positions.range(i..j) {
+                // Each record's payload within the run; the headers between them were
+                // checked when the records were written or recovered.
+                let at = (pos.offset - head.offset) as usize;
+                let entry: Entry = decode(&buf[at..at + pos.len as usize])?;
+                if entry.log_id != pos.log_id {
+                    return Err(corrupt(format!(
+                        "log position {} holds {}",
+                        pos.log_id, entry.log_id
+                    )));
+                }
+                out.push(entry);
+            }
+            i = j;
         }
+        debug_assert_eq!(out.len(), to - from, "one entry per live position read");
         Ok(out)
     }
 
@@ -456,6 +493,7 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::*;
+    use crate::record::Op;
     use crate::storage::encode;
 
     fn record(index: u64) -> (LogId, Vec<u8>) {
@@ -481,6 +519,72 @@ mod tests {
         assert_eq!(indexes(&wal, 0, None), (1..=20).collect::<Vec<_>>());
         assert_eq!(indexes(&wal, 5, Some(8)), vec![5, 6, 7]);
         assert_eq!(wal.last().map(|l| l.index), Some(20));
+    }
+
+    /// An entry carrying a put of `size` bytes, each the index's low byte.
+    fn sized(index: u64, size: usize) -> (LogId, Vec<u8>) {
+        use crate::hlc::Timestamp;
+        use crate::record::{Command, Source};
+        let log_id = LogId::new(LeaderId { term: 1, node_id: 1 }, index);
+        let cmd = Command {
+            request_id: format!("r{index}"),
+            saga_id: String::new(),
+            trace_id: String::new(),
+            hlc: Timestamp { wall_ns: index, logical: 0, node: 1 },
+            source: Source { node_id: 1, region: "r".into() },
+            op: Op::Put {
+                key: b"k".to_vec(),
+                value: vec![index as u8; size],
+                expected_version: None,
+            },
+        };
+        (log_id, encode(&Entry { log_id, payload: EntryPayload::Normal(cmd) }).expect("encode"))
+    }
+
+    #[test]
+    fn range_reads_split_at_segments_and_at_the_run_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Segments of ~2 MiB; records from 10 B to 700 KiB, so reads cross segment
+        // boundaries, runs stop at READ_RUN_BYTES, and one record can exceed a run.
+        let mut wal = Wal::open_with(dir.path(), None, 2 * 1024 * 1024).expect("open");
+        let sizes = [10usize, 700 * 1024, 100, 300 * 1024, 5, 1500 * 1024, 64, 400 * 1024, 1];
+        let mut index = 1;
+        for round in 0..3 {
+            // One append of several records, then single appends.
+            let batch: Vec<_> = sizes
+                .iter()
+                .map(|&n| {
+                    let r = sized(index, n + round);
+                    index += 1;
+                    r
+                })
+                .collect();
+            wal.append(batch).expect("append batch");
+            for &n in &sizes[..3] {
+                wal.append(vec![sized(index, n)]).expect("append");
+                index += 1;
+            }
+        }
+        assert!(wal.segments.len() >= 3, "reads cross segments: {}", wal.segments.len());
+        let check = |wal: &Wal, start: u64, end: Option<u64>| {
+            let got = wal.read(start, end).expect("read");
+            let last = end.unwrap_or(index);
+            assert_eq!(got.len() as u64, last - start, "entries {start}..{last}");
+            for (e, want) in got.iter().zip(start..) {
+                assert_eq!(e.log_id.index, want);
+                let EntryPayload::Normal(cmd) = &e.payload else { panic!("payload of {want}") };
+                let Op::Put { value, .. } = &cmd.op else { panic!("op of {want}") };
+                assert!(value.iter().all(|&b| b == want as u8), "value of {want}");
+            }
+        };
+        for start in 1..index {
+            check(&wal, start, None);
+            check(&wal, start, Some((start + 3).min(index)));
+        }
+        wal.sync().expect("sync");
+        drop(wal);
+        let wal = Wal::open_with(dir.path(), None, 2 * 1024 * 1024).expect("reopen");
+        check(&wal, 1, None);
     }
 
     #[test]
