@@ -5,6 +5,7 @@
 //! ```text
 //! cli -> {client, cluster, server}
 //! server -> raft -> storage -> {record, hlc}
+//! {raft, client} -> coalesce (write coalescing for HTTP/2 connections)
 //! client -> pb
 //! ```
 //!
@@ -18,6 +19,7 @@ pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod coalesce;
 pub mod config;
 pub mod hlc;
 pub mod record;

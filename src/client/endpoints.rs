@@ -6,7 +6,8 @@
 //! - An address appears at most once, normalised to `host:port`; the set only grows
 //!   (leader hints may add addresses) and never beyond [`MAX_ENDPOINTS`].
 //! - A channel is created on first use (inside the runtime) with
-//!   `Endpoint::connect_lazy`, then reused; tonic reconnects it after failures.
+//!   `Endpoint::connect_with_connector_lazy` (writes coalesced, see `crate::coalesce`),
+//!   then reused; tonic reconnects it after failures.
 //! - Locks are std locks held for a few instructions, never across an await.
 //!
 //! Region-aware routing: a probe (Cluster.Status on every endpoint, see
@@ -114,8 +115,7 @@ impl EndpointState {
             .connect_timeout(config.connect_timeout())
             .http2_keep_alive_interval(config.keepalive_interval())
             .keep_alive_timeout(config.keepalive_timeout())
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
+            .keep_alive_while_idle(true);
         Ok(Self {
             addr,
             endpoint,
@@ -147,8 +147,15 @@ impl EndpointState {
     }
 
     /// The shared channel, created on first use. Must be called inside a tokio runtime.
+    /// Its connection coalesces the frames of a request into one socket write
+    /// (`crate::coalesce`; Nagle is off), with TLS on top when configured.
     pub fn channel(&self) -> Channel {
-        self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone()
+        self.channel
+            .get_or_init(|| {
+                self.endpoint
+                    .connect_with_connector_lazy(tower::service_fn(crate::coalesce::connect))
+            })
+            .clone()
     }
 }
 

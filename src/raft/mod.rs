@@ -3,7 +3,6 @@
 //! client half, `service` the server half). This is the only layer below `server`
 //! that knows gRPC types.
 
-pub mod coalesce;
 pub mod network;
 pub mod service;
 

@@ -89,13 +89,13 @@ pub fn peer_channel(addr: &str, tls: Option<&NodeTls>) -> Result<Channel, tonic:
         Some(t) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(t.peer_client())?,
         None => Endpoint::from_shared(format!("http://{addr}"))?,
     };
-    // Writes are coalesced per flush (see `coalesce`); TLS, when set, goes on top.
+    // Writes are coalesced per flush (see `crate::coalesce`); TLS, when set, goes on top.
     Ok(endpoint
         .connect_timeout(PEER_CONNECT_TIMEOUT)
         .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .connect_with_connector_lazy(tower::service_fn(super::coalesce::connect)))
+        .connect_with_connector_lazy(tower::service_fn(crate::coalesce::connect)))
 }
 
 impl Network {

@@ -1,11 +1,13 @@
-//! Write coalescing for connections to peers.
+//! Write coalescing for HTTP/2 client connections: a node's connections to its peers
+//! (`raft::network`) and the client library's connections to nodes (`client`).
 //!
 //! hyper's HTTP/2 client writes a unary request as three frames produced by two tasks
 //! (HEADERS from the caller, then DATA and an empty END_STREAM DATA from the body
-//! pipe), and its connection task flushes after each: three `writev` calls per Raft
-//! RPC, each waking the peer's reader for a partial request. On this project's
-//! 2-core reference machine that was ten socket writes per replicated write at one
-//! client (docs/PERFORMANCE.md).
+//! pipe), and its connection task flushes after each: three `writev` calls per RPC,
+//! each waking the server's reader for a partial request. On this project's 2-core
+//! reference machine that was ten socket writes per replicated write at one client,
+//! and on loopback the sender's `writev` also runs the receiver's TCP stack
+//! (docs/PERFORMANCE.md).
 //!
 //! [`Coalescing`] buffers writes and, when asked to flush, first yields to the
 //! scheduler [`YIELDS_PER_FLUSH`] times (like `tokio::task::yield_now`: the task is
@@ -135,16 +137,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
     }
 }
 
-/// Connect to the authority (`host:port`) of `uri` over TCP with Nagle off, writes
-/// coalesced. For tonic's `Endpoint::connect_with_connector_lazy` (which adds TLS on
-/// top when the endpoint has it).
+/// Connect to the host and port of `uri` (default port by scheme: 443 for https, else
+/// 80) over TCP with Nagle off, writes coalesced. For tonic's
+/// `Endpoint::connect_with_connector_lazy`, which adds TLS on top when the endpoint has
+/// it and applies its connect timeout around this.
 pub async fn connect(uri: http::Uri) -> io::Result<TokioIo<Coalescing<TcpStream>>> {
-    let authority = uri
-        .authority()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
-    let stream = TcpStream::connect(authority.as_str()).await?;
+    let (host, port) = host_port(&uri)?;
+    let stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
     Ok(TokioIo::new(Coalescing::new(stream)))
+}
+
+/// The host (IPv6 literals without brackets) and port to connect to for `uri`.
+fn host_port(uri: &http::Uri) -> io::Result<(&str, u16)> {
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let default = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+    Ok((host, uri.port_u16().unwrap_or(default)))
 }
 
 #[cfg(test)]
@@ -199,6 +210,16 @@ mod tests {
         assert_eq!(w.inner.writes[1], b"next");
         w.flush().await.expect("an empty flush does not yield or write");
         assert_eq!(w.inner.writes.len(), 2);
+    }
+
+    #[test]
+    fn hosts_and_ports_come_from_the_uri() {
+        let hp = |u: &str| host_port(&u.parse().expect("uri")).map(|(h, p)| (h.to_string(), p));
+        assert_eq!(hp("http://127.0.0.1:7001").expect("v4"), ("127.0.0.1".into(), 7001));
+        assert_eq!(hp("https://[::1]:7001").expect("v6"), ("::1".into(), 7001));
+        assert_eq!(hp("http://node-1.example").expect("name"), ("node-1.example".into(), 80));
+        assert_eq!(hp("https://node-1.example").expect("tls"), ("node-1.example".into(), 443));
+        assert!(hp("/just/a/path").is_err(), "a uri without a host is refused");
     }
 
     #[tokio::test]
