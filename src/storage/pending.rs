@@ -399,11 +399,10 @@ impl Iterator for Merged<'_> {
             let mut best: Option<(usize, &[u8])> = None;
             for (i, s) in self.sources.iter_mut().enumerate() {
                 match s.peek() {
-                    Some(Ok((k, _))) => {
-                        if best.is_none_or(|(_, b)| k.as_slice() < b) {
-                            best = Some((i, k.as_slice()));
-                        }
+                    Some(Ok((k, _))) if best.is_none_or(|(_, b)| k.as_slice() < b) => {
+                        best = Some((i, k.as_slice()));
                     }
+                    Some(Ok(_)) => {}
                     Some(Err(_)) => {
                         return match s.next() {
                             Some(Err(e)) => Some(Err(e)),
