@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn range_reads_split_at_segments_and_at_the_run_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Segments of ~2 MiB; records from 10 B to 700 KiB, so reads cross segment
+        // Segments of ~2 MiB; records from 1 B to 1.5 MiB, so reads cross segment
         // boundaries, runs stop at READ_RUN_BYTES, and one record can exceed a run.
         let mut wal = Wal::open_with(dir.path(), None, 2 * 1024 * 1024).expect("open");
         let sizes = [10usize, 700 * 1024, 100, 300 * 1024, 5, 1500 * 1024, 64, 400 * 1024, 1];
