@@ -21,7 +21,7 @@ use meridian::cluster::manifest::{Manifest, ManifestNode, NetworkConfig};
 use meridian::cluster::process::{LaunchOptions, LocalCluster, LogTarget, LEADER_TIMEOUT};
 
 use crate::etcd::{find_leader, EtcdCluster, EtcdTarget};
-use crate::resources::{disk_usage_mib, rss_mib};
+use crate::resources::{cpu_seconds, disk_usage_mib, rss_mib};
 use crate::results::{Point, Resources, Results};
 
 /// Most points one run may measure (a bound on the matrix the flags can ask for).
@@ -233,7 +233,10 @@ async fn measure(
 ) -> anyhow::Result<()> {
     for k in 0..2 {
         let pool = &pair.pools[(turn + k) % 2];
+        let pids = store_pids(pair, pool.name());
+        let before = (cpu_of(&pids), cpu_seconds(std::process::id()).ok());
         let report = pool.run(config).await.with_context(|| format!("{} {label}", pool.name()))?;
+        let after = (cpu_of(&pids), cpu_seconds(std::process::id()).ok());
         eprintln!(
             "  {:8} {:8} c={:<3} v={:<6} keys={:<8} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>8.2} ms  errors {}",
             pool.name(),
@@ -246,9 +249,35 @@ async fn measure(
             report.latency_ms.p99,
             report.errors
         );
-        out.points.push(Point::from_report(&report, label, pair.nodes));
+        let mut point = Point::from_report(&report, label, pair.nodes);
+        // The CPU counters cover the warmup too: count its ops at the measured rate.
+        let ops = report.ops_per_sec * (report.elapsed_s + config.warmup.as_secs_f64());
+        let per_op = |b: Option<f64>, a: Option<f64>| match (b, a) {
+            (Some(b), Some(a)) if ops >= 1.0 => Some((a - b).max(0.0) * 1e6 / ops),
+            _ => None,
+        };
+        point.server_cpu_us_per_op = per_op(before.0, after.0);
+        point.client_cpu_us_per_op = per_op(before.1, after.1);
+        out.points.push(point);
     }
     Ok(())
+}
+
+/// The pids of `target`'s running processes (members that have one).
+fn store_pids(pair: &Pair, target: &str) -> Vec<u32> {
+    if target == "etcd" {
+        pair.etcd.members().iter().filter_map(|m| m.pid()).collect()
+    } else {
+        pair.meridian.ids().into_iter().filter_map(|id| pair.meridian.pid(id)).collect()
+    }
+}
+
+/// CPU seconds of all of `pids` so far; None if any cannot be read (a process gone).
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_seconds(p).ok()).sum()
 }
 
 fn check_matrix(c: &CompareConfig) -> anyhow::Result<Vec<(String, Case)>> {

@@ -1,5 +1,6 @@
-//! Resource and machine facts read from Linux: a process's RSS (`/proc/<pid>/status`),
-//! a directory's disk usage (allocated blocks, like `du`), the load average, the time.
+//! Resource and machine facts read from Linux: a process's RSS (`/proc/<pid>/status`)
+//! and CPU time (`/proc/<pid>/stat`), a directory's disk usage (allocated blocks, like
+//! `du`), the load average, the time.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -18,6 +19,29 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     parse_vm_rss_kib(&status)
         .map(|kib| kib as f64 / 1024.0)
         .with_context(|| format!("no VmRSS line in /proc/{pid}/status"))
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times (`USER_HZ`, 100 on Linux for
+/// every architecture this runs on).
+pub const USER_HZ: f64 = 100.0;
+
+/// User plus system CPU time of `pid` (all its threads) so far, seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat)
+        .map(|t| t as f64 / USER_HZ)
+        .with_context(|| format!("no utime/stime in /proc/{pid}/stat"))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line: fields 14 and 15, counted after the
+/// command name, which is in parentheses and may itself hold spaces and parentheses.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn parse_vm_rss_kib(status: &str) -> Option<u64> {
@@ -100,6 +124,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 3 0 99";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1 2"), None, "a short line is refused");
+        assert!(cpu_seconds(std::process::id()).expect("own stat") >= 0.0);
+    }
 
     #[test]
     fn rss_of_this_process_is_positive() {

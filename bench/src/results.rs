@@ -46,6 +46,13 @@ pub struct Point {
     pub conflicts: u64,
     /// The first error message, if any.
     pub error_sample: Option<String>,
+    /// CPU time of the store's processes (every node) per op, µs, warmup included pro
+    /// rata (absent in results from before it was recorded).
+    #[serde(default)]
+    pub server_cpu_us_per_op: Option<f64>,
+    /// The same for the load generator (this process).
+    #[serde(default)]
+    pub client_cpu_us_per_op: Option<f64>,
 }
 
 impl Point {
@@ -64,6 +71,8 @@ impl Point {
             errors: report.errors,
             conflicts: report.conflicts,
             error_sample: report.error_samples.values().next().cloned(),
+            server_cpu_us_per_op: None,
+            client_cpu_us_per_op: None,
         }
     }
 
@@ -185,10 +194,59 @@ pub fn markdown(r: &Results) -> String {
         r.loadavg_after.trim()
     );
     out.push_str(&throughput_table(r));
+    out.push_str(&cpu_table(r));
     if !r.resources.is_empty() {
         out.push_str(&resource_table(r));
     }
     out.push_str(&targets(r));
+    out
+}
+
+/// CPU per operation of both stores at every point where it was recorded: what each
+/// op costs the machine, which varies much less between runs than ops/s on a shared
+/// or noisy host, and says which side is CPU-bound.
+fn cpu_table(r: &Results) -> String {
+    let rows: Vec<_> = r
+        .settings()
+        .into_iter()
+        .filter_map(|s| {
+            let (e, m) = (r.find(TARGETS[0], s)?, r.find(TARGETS[1], s)?);
+            Some((s, e.server_cpu_us_per_op?, m.server_cpu_us_per_op?, e, m))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "CPU time per op, µs (user + system, warmup included pro rata): the store's \
+         processes on every node, and the load generator driving it.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | nodes | value | keys | clients | etcd servers | Meridian servers | \
+         Meridian / etcd | etcd load generator | Meridian load generator |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let us = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+    for (s, e_cpu, m_cpu, e, m) in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+            s.workload,
+            s.nodes,
+            bytes(s.value_size),
+            s.keys,
+            s.concurrency,
+            e_cpu,
+            m_cpu,
+            ratio(m_cpu, e_cpu),
+            us(e.client_cpu_us_per_op),
+            us(m.client_cpu_us_per_op),
+        );
+    }
+    out.push('\n');
     out
 }
 
@@ -507,6 +565,8 @@ mod tests {
             errors: 0,
             conflicts: 0,
             error_sample: None,
+            server_cpu_us_per_op: None,
+            client_cpu_us_per_op: None,
         }
     }
 
@@ -542,6 +602,32 @@ mod tests {
         );
         assert!(md.contains("| serializable get at 64: >= 1.5x | - | not measured |"), "{md}");
         assert!(md.contains("| etcd | 3 | 1000 | 100 B | 1.0 | 50.0 / 60.0 / 70.0 |"), "{md}");
+    }
+
+    #[test]
+    fn cpu_per_op_is_tabled_where_both_stores_recorded_it() {
+        let mut r = sample();
+        assert!(!markdown(&r).contains("CPU time per op"), "no table without CPU figures");
+        for p in r.points.iter_mut().filter(|p| p.workload == "put" && p.concurrency == 64) {
+            let etcd = p.target == "etcd";
+            p.server_cpu_us_per_op = Some(if etcd { 200.0 } else { 150.0 });
+            p.client_cpu_us_per_op = Some(if etcd { 40.0 } else { 30.0 });
+        }
+        let md = markdown(&r);
+        assert!(
+            md.contains("| put | 3 | 100 B | 10000 | 64 | 200 | 150 | 0.75x | 40 | 30 |"),
+            "{md}"
+        );
+        assert!(!md.contains("| put | 3 | 100 B | 10000 | 1 | 2"), "only recorded points: {md}");
+        // Results written before the fields existed still load.
+        let mut json = serde_json::to_value(&r).expect("json");
+        for p in json["points"].as_array_mut().expect("points") {
+            let p = p.as_object_mut().expect("point");
+            p.remove("server_cpu_us_per_op");
+            p.remove("client_cpu_us_per_op");
+        }
+        let old: Results = serde_json::from_value(json).expect("old results load");
+        assert!(old.points.iter().all(|p| p.server_cpu_us_per_op.is_none()));
     }
 
     #[test]

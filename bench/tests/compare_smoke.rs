@@ -69,6 +69,12 @@ fn compare_writes_table_plots_and_resources_for_both_stores() {
     .expect("json");
     let points = json["points"].as_array().expect("points");
     assert!(points.iter().all(|p| p["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0), "{points:?}");
+    // CPU per op of the servers and the load generator, for every point of both stores
+    // (a 500 ms point may round to zero ticks, but never goes unrecorded).
+    for field in ["server_cpu_us_per_op", "client_cpu_us_per_op"] {
+        assert!(points.iter().all(|p| p[field].as_f64().is_some_and(|v| v >= 0.0)), "{field}");
+    }
+    assert!(md.contains("CPU time per op") && md.contains("| put | 3 | 100 B | 50 | 4 | "), "{md}");
     // Both clusters were stopped by pid: no process of ours is left on the work dir.
     assert!(!stderr.contains("stopping etcd"), "{stderr}");
 }
