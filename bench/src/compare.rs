@@ -121,10 +121,9 @@ impl Pool {
     }
 
     async fn load(&self, config: &BenchConfig) -> anyhow::Result<()> {
-        let value = meridian::client::bench::bench_value(config);
         match self {
-            Pool::Etcd(p) => preload(config, p, &value).await?,
-            Pool::Meridian(p) => preload(config, p, &value).await?,
+            Pool::Etcd(p) => preload(config, p).await?,
+            Pool::Meridian(p) => preload(config, p).await?,
         }
         Ok(())
     }

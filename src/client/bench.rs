@@ -8,7 +8,8 @@
 //! (which keeps etcd-client out of the node's crate).
 //!
 //! Workloads:
-//! - `put`: unconditional writes of `value_size` bytes on random keys;
+//! - `put`: unconditional writes of `value_size` bytes on random keys (every write,
+//!   preloads included, a fresh random alphanumeric value: see [`fresh_value`]);
 //! - `get`: reads at the chosen consistency, after preloading every key;
 //! - `cas`: read the version, then write only at that version, each task on its own
 //!   slice of the keys (distinct keys: no conflicts expected). One cycle is one op;
@@ -22,7 +23,7 @@
 //! Invariants: every task stops at `warmup + duration` or when `max_ops` ops have
 //! started in total (warmup included), whichever comes first, so a run is always
 //! bounded. Ops that start during warmup are not recorded. Each task's RNG is seeded
-//! from `seed` and its index: a run's key sequence is reproducible.
+//! from `seed` and its index: a run's key and value sequences are reproducible.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -478,7 +479,6 @@ pub struct BenchReport {
 
 struct Shared {
     config: BenchConfig,
-    value: Vec<u8>,
     measure_from: Instant,
     deadline: Instant,
     started_ops: AtomicU64,
@@ -530,25 +530,27 @@ async fn one_op<T: BenchTarget>(
 ) -> Outcome {
     let config = &shared.config;
     let key = key_of(config, index);
-    let value = shared.value.as_slice();
+    let size = config.value_size;
     let done = |r: Result<bool, OpError>| match r {
         Ok(true) => Outcome::Ok,
         Ok(false) => Outcome::Conflict,
         Err(e) => Outcome::Error(e),
     };
     match config.workload {
-        Workload::Put => done(target.put(key, value).await.map(|()| true)),
+        Workload::Put => done(target.put(key, &fresh_value(size, rng)).await.map(|()| true)),
         Workload::Get => done(target.get(key, config.consistency).await.map(|()| true)),
-        Workload::Cas | Workload::CasHot => done(target.cas(key, value, config.consistency).await),
+        Workload::Cas | Workload::CasHot => {
+            done(target.cas(key, &fresh_value(size, rng), config.consistency).await)
+        }
         Workload::Txn => {
             let keys = (index..index + TXN_KEYS).map(|i| key_of(config, i)).collect();
-            done(target.txn(keys, value).await)
+            done(target.txn(keys, &fresh_value(size, rng)).await)
         }
         Workload::Mixed => {
             if rng.gen_range(0..100) < MIXED_READ_PERCENT {
                 done(target.get(key, config.consistency).await.map(|()| true))
             } else {
-                done(target.put(key, value).await.map(|()| true))
+                done(target.put(key, &fresh_value(size, rng)).await.map(|()| true))
             }
         }
     }
@@ -585,14 +587,11 @@ async fn worker<T: BenchTarget>(
     }
 }
 
-/// Write keys `0..keys` once (values of `value_size` bytes), spread over `concurrency`
-/// tasks sharing `pool` round-robin. The bench preloads before read, txn and mixed
-/// runs; the comparison also uses it to load N keys before measuring resource use.
-pub async fn preload<T: BenchTarget>(
-    config: &BenchConfig,
-    pool: &[T],
-    value: &[u8],
-) -> Result<(), ClientError> {
+/// Write keys `0..keys` once (each its own value of `value_size` bytes), spread over
+/// `concurrency` tasks sharing `pool` round-robin. The bench preloads before read, txn
+/// and mixed runs; the comparison also uses it to load N keys before measuring
+/// resource use.
+pub async fn preload<T: BenchTarget>(config: &BenchConfig, pool: &[T]) -> Result<(), ClientError> {
     if pool.is_empty() {
         return Err(ClientError::Config("preload needs at least one client".into()));
     }
@@ -600,10 +599,12 @@ pub async fn preload<T: BenchTarget>(
     let stride = config.concurrency as u64;
     for task in 0..stride.min(config.keys) {
         let target = pool[task as usize % pool.len()].clone();
-        let (config, value) = (config.clone(), value.to_vec());
+        let config = config.clone();
         tasks.spawn(async move {
+            let mut rng = StdRng::seed_from_u64(config.seed.rotate_left(32) ^ task);
             let mut index = task;
             while index < config.keys {
+                let value = fresh_value(config.value_size, &mut rng);
                 target.put(key_of(&config, index), &value).await.map_err(|e| {
                     ClientError::Config(format!("preload put failed: {}: {}", e.code, e.message))
                 })?;
@@ -618,10 +619,11 @@ pub async fn preload<T: BenchTarget>(
     Ok(())
 }
 
-/// The value every op writes: `value_size` alphanumeric bytes from the config's seed.
-pub fn bench_value(config: &BenchConfig) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    (0..config.value_size).map(|_| rng.sample(rand::distributions::Alphanumeric)).collect()
+/// A value for one write: `size` random alphanumeric bytes. Every write gets its own,
+/// as real data differs from key to key: one value repeated would flatter any store
+/// that compresses (and ASCII keeps values printable in `kv get`).
+pub fn fresh_value(size: usize, rng: &mut StdRng) -> Vec<u8> {
+    rng.sample_iter(rand::distributions::Alphanumeric).take(size).collect()
 }
 
 /// Run a benchmark against a Meridian cluster and report. Errors only for a bad
@@ -651,15 +653,13 @@ pub async fn run_load<T: BenchTarget>(
     if pool.is_empty() {
         return Err(ClientError::Config("a bench needs at least one client".into()));
     }
-    let value = bench_value(config);
     if config.preload && config.workload.needs_preload() {
-        preload(config, pool, &value).await?;
+        preload(config, pool).await?;
     }
     let measure_from = Instant::now() + config.warmup;
     let shared = Arc::new(Shared {
         deadline: measure_from + config.duration,
         measure_from,
-        value,
         started_ops: AtomicU64::new(0),
         config: config.clone(),
     });
@@ -760,6 +760,18 @@ mod tests {
         assert!(s.max >= 59_000.0, "clamped at the histogram max: {s:?}");
         assert_eq!(a.errors.get("UNAVAILABLE"), Some(&2));
         assert_eq!(a.error_samples.get("UNAVAILABLE").map(String::as_str), Some("first"));
+    }
+
+    #[test]
+    fn every_write_gets_its_own_printable_value() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let values: Vec<Vec<u8>> = (0..1_000).map(|_| fresh_value(100, &mut rng)).collect();
+        assert!(values.iter().all(|v| v.len() == 100 && v.iter().all(u8::is_ascii_alphanumeric)));
+        let distinct: std::collections::HashSet<&Vec<u8>> = values.iter().collect();
+        assert_eq!(distinct.len(), values.len(), "no value repeats");
+        assert!(fresh_value(0, &mut rng).is_empty());
+        let mut again = StdRng::seed_from_u64(7);
+        assert_eq!(fresh_value(100, &mut again), values[0], "a seed replays its values");
     }
 
     #[test]
