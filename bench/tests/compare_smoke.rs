@@ -74,7 +74,13 @@ fn compare_writes_table_plots_and_resources_for_both_stores() {
     for field in ["server_cpu_us_per_op", "client_cpu_us_per_op"] {
         assert!(points.iter().all(|p| p[field].as_f64().is_some_and(|v| v >= 0.0)), "{field}");
     }
-    assert!(md.contains("CPU time per op") && md.contains("| put | 3 | 100 B | 50 | 4 | "), "{md}");
+    // ... and the Markdown has the CPU table with a row per point (the section runs to
+    // the next heading; the throughput table above it has rows of the same shape).
+    let (_, after) = md.split_once("CPU time per op").expect("a CPU table in results.md");
+    let cpu_table = after.split("\n## ").next().unwrap_or_default();
+    for row in ["| put | 3 | 100 B | 50 | 4 |", "| get-lin | 3 | 100 B | 50 | 4 |"] {
+        assert!(cpu_table.contains(row), "CPU table lacks {row:?}:\n{cpu_table}");
+    }
     // Both clusters were stopped by pid: no process of ours is left on the work dir.
     assert!(!stderr.contains("stopping etcd"), "{stderr}");
 }
