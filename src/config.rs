@@ -100,6 +100,11 @@ pub struct RaftConfig {
     pub snapshot_chunk_bytes: u64,
     /// Timeout of a full snapshot transfer, ms.
     pub snapshot_timeout_ms: u64,
+    /// Sync linger of a leader whose followers alone form a quorum, microseconds (0:
+    /// off; at most 20,000). Under load its log fsyncs start at least this far apart
+    /// and cover more appends; commits do not wait for them while the followers answer
+    /// (`storage::log_store`, "Sync linger").
+    pub leader_sync_linger_us: u64,
 }
 
 impl Default for RaftConfig {
@@ -114,6 +119,7 @@ impl Default for RaftConfig {
             max_payload_entries: 512,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_timeout_ms: 60_000,
+            leader_sync_linger_us: 2_000,
         }
     }
 }
@@ -522,6 +528,10 @@ impl NodeConfig {
         if r.snapshot_chunk_bytes < 1024 || r.snapshot_chunk_bytes > 4 * 1024 * 1024 {
             return bad("raft.snapshot_chunk_bytes must be 1 KiB..=4 MiB".into());
         }
+        let max_linger = crate::storage::log_store::MAX_SYNC_LINGER.as_micros();
+        if u128::from(r.leader_sync_linger_us) > max_linger {
+            return bad(format!("raft.leader_sync_linger_us must be <= {max_linger}"));
+        }
         let p = &self.placement;
         if p.preferred_leader_region.as_ref().is_some_and(|r| r.is_empty() || r.len() > 64) {
             return bad("placement.preferred_leader_region must be 1..=64 bytes".into());
@@ -644,6 +654,18 @@ mod tests {
         let mut c = NodeConfig::default();
         c.raft.election_timeout_min_ms = 50;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn leader_sync_linger_is_bounded() {
+        let mut c = NodeConfig::default();
+        c.raft.leader_sync_linger_us = 20_000;
+        assert!(c.validate().is_ok());
+        c.raft.leader_sync_linger_us = 0;
+        assert!(c.validate().is_ok(), "0 turns the linger off");
+        c.raft.leader_sync_linger_us = 20_001;
+        let err = c.validate().expect_err("over the bound");
+        assert!(err.to_string().contains("raft.leader_sync_linger_us"), "{err}");
     }
 
     #[test]

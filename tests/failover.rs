@@ -1,5 +1,6 @@
-//! Process faults on a real 3-node cluster: kill -9 of the leader, a full restart,
-//! and a follower that falls behind a log purge and must catch up by snapshot.
+//! Process faults on a real 3-node cluster: kill -9 of the leader (also right after
+//! concurrent writes, while its log sync lingers), a full restart, and a follower that
+//! falls behind a log purge and must catch up by snapshot.
 
 mod common;
 
@@ -155,6 +156,55 @@ async fn lagging_node_catches_up_by_snapshot_after_the_log_is_purged() {
         .wait_snapshot(lagging, purged, CLUSTER_DEADLINE)
         .await
         .expect("the lagging node must have installed a snapshot covering the purged entries");
+    assert_eq!(records.len(), acked.len());
+    assert_contains_all(&records, &acked);
+}
+
+/// The leader's log sync lingers under concurrent load (its followers form the
+/// quorum), the followers' never does, and killing the leader right after the load
+/// loses no acknowledged write: its log may trail its commits, never the quorum's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_leader_killed_after_concurrent_writes_loses_no_acknowledged_write() {
+    const WRITERS: usize = 32;
+    const PUTS_PER_WRITER: usize = 15;
+    let mut options = options();
+    options.metrics = true;
+    options.raft.leader_sync_linger_us = 20_000;
+    let cluster = TestCluster::start(3, options).await.expect("cluster");
+    let leader = cluster.leader().await.expect("leader");
+    let kv = cluster.kv(leader).expect("kv");
+    let writers = (0..WRITERS).map(|w| {
+        let kv = kv.clone();
+        async move {
+            let mut acked = Vec::with_capacity(PUTS_PER_WRITER);
+            for i in 0..PUTS_PER_WRITER {
+                let key = format!("linger-{w:02}-{i:02}").into_bytes();
+                let rec = put_ok(&kv, &key, b"concurrent").await.record.expect("record");
+                acked.push((key, rec));
+            }
+            acked
+        }
+    });
+    let acked: BTreeMap<Vec<u8>, pb::Record> =
+        futures::future::join_all(writers).await.into_iter().flatten().collect();
+    assert_eq!(acked.len(), WRITERS * PUTS_PER_WRITER);
+
+    let c = &cluster;
+    let lingers = |id: u64| async move {
+        let addr = c.metrics_addr(id).expect("metrics addr");
+        sample(&scrape(addr).await, "meridian_log_sync_lingers_total", &[])
+    };
+    assert!(lingers(leader).await > 0.0, "the leader's syncs lingered under load");
+    for id in cluster.ids().into_iter().filter(|id| *id != leader) {
+        assert_eq!(lingers(id).await, 0.0, "follower {id} syncs at once");
+    }
+
+    cluster.kill(leader).expect("kill -9 the leader");
+    cluster.wait_for_leader(CLUSTER_DEADLINE).await.expect("a new leader is elected");
+    cluster.start(leader).await.expect("restart the killed leader");
+    let (records, index) = assert_replicas_identical(&cluster).await;
+    assert_eq!(cluster.responsive_ids().len(), 3, "the restarted node takes part");
+    assert_eq!(cluster.status(leader).await.expect("status").applied_index, index);
     assert_eq!(records.len(), acked.len());
     assert_contains_all(&records, &acked);
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use common::{pb, TestCluster, MERIDIAN};
+use common::{pb, sample, scrape, TestCluster, MERIDIAN};
 use meridian::client::{Client, ClientConfig, ClientTlsConfig, RetryConfig};
 use meridian::cluster::certs::{self, CertKind, CertsPlan, DevCa};
 use meridian::cluster::ManifestTls;
@@ -406,28 +406,6 @@ async fn trace_id_reaches_leader_and_follower_logs_and_comes_back() {
     // A generated trace id comes back when the client sends none.
     let resp = kv.put(with_token(put("app/untraced"), Some(ALICE_TOKEN))).await.expect("put");
     assert!(resp.metadata().get("traceparent").is_some());
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.expect("request");
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body))
-        .await
-        .expect("scrape in time")
-        .expect("read");
-    body
-}
-
-/// Sum of the samples of `name` whose labels contain every `labels` fragment.
-fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| labels.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod read_batch;
 pub mod snapshots;
 pub mod status;
+pub mod sync_linger;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -283,6 +284,12 @@ pub async fn run_node(
     let health_task = tokio::spawn(health::run(core.clone(), health_reporter, stop_rx.clone()));
     let freshness_task = tokio::spawn(freshness::run(core.clone(), stop_rx.clone()));
     let placement_task = tokio::spawn(placement::run(core.clone(), stop_rx.clone()));
+    let linger_task = tokio::spawn(sync_linger::run(
+        raft.clone(),
+        log_store.clone(),
+        Duration::from_micros(core.config.raft.leader_sync_linger_us),
+        stop_rx.clone(),
+    ));
     let snapshot_task =
         tokio::spawn(snapshots::run(core.clone(), store.clone(), log_store, stop_rx.clone()));
     let metrics_task = tokio::spawn(metrics::run_raft_metrics(
@@ -310,6 +317,7 @@ pub async fn run_node(
     let _ = freshness_task.await;
     let _ = placement_task.await;
     let _ = snapshot_task.await;
+    let _ = linger_task.await;
     let _ = metrics_task.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
