@@ -28,7 +28,9 @@ use tonic_health::ServingStatus;
 
 use super::core::NodeCore;
 
-/// How often health is re-evaluated, in addition to every Raft metrics change.
+/// How often health is re-evaluated, in addition to every change of role, leader or
+/// membership. (Not on every Raft metrics change: under load those come thousands of
+/// times a second, each a wakeup and an evaluation on the write path's runtime.)
 pub const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Committed entries a node may not have applied yet and still report SERVING (one
@@ -73,7 +75,7 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     reporter.set_service_status("meridian.v1.Cluster", ServingStatus::Serving).await;
-    let mut metrics = core.raft.metrics();
+    let mut metrics = core.raft.server_metrics();
     let mut last = None;
     loop {
         let serving = is_serving(&core);
