@@ -70,8 +70,6 @@ pub struct FlushStats {
     pub appends: std::sync::atomic::AtomicU64,
     /// Total sync time, microseconds.
     pub sync_micros: std::sync::atomic::AtomicU64,
-    /// Syncs that waited for the linger.
-    pub lingered: std::sync::atomic::AtomicU64,
 }
 
 /// The current segment, as the flusher sees it.
@@ -252,7 +250,6 @@ fn flusher_loop(
         if let Some(wait) = linger_wait(linger, last_entries, last_start.elapsed()) {
             // Group commit over time, not only over what is already queued: the
             // appends arriving meanwhile share the next sync.
-            stats.lingered.fetch_add(1, Relaxed);
             metrics::counter!("meridian_log_sync_lingers_total").increment(1);
             std::thread::sleep(wait);
         }
