@@ -397,6 +397,14 @@ mod tests {
         range.map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank }).collect()
     }
 
+    /// A log store in a new temp dir (kept alive by the returned guard).
+    fn fresh() -> (tempfile::TempDir, Store, LogStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "t", 1).expect("store");
+        let log = LogStore::open(&store).expect("log");
+        (dir, store, log)
+    }
+
     #[test]
     fn the_flusher_lingers_only_after_a_sync_of_several_entries() {
         let ms = Duration::from_millis;
@@ -415,9 +423,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appends_are_acknowledged_and_durable_with_a_linger() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), "t", 1).expect("store");
-        let mut log = LogStore::open(&store).expect("log");
+        let (_dir, store, mut log) = fresh();
         log.set_sync_linger(MAX_SYNC_LINGER);
         let mut waits = Vec::new();
         for i in 0..20u64 {
@@ -437,9 +443,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn committed_is_never_read_beyond_the_log() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), "t", 1).expect("store");
-        let mut log = LogStore::open(&store).expect("log");
+        let (_dir, store, mut log) = fresh();
         log.append(entries(1..=5), IOFlushed::noop()).await.expect("append");
         log.wal().sync().expect("sync wal");
         // sled persisted a commit point the log's sync had not reached yet.
@@ -454,9 +458,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn entries_left_below_an_interrupted_purge_do_not_end_the_log() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), "t", 1).expect("store");
-        let mut log = LogStore::open(&store).expect("log");
+        let (_dir, store, mut log) = fresh();
         log.append(entries(1..=5), IOFlushed::noop()).await.expect("append");
         // A crash after the purge marker (beyond the log end, as after a snapshot
         // install) was synced but before the entries were dropped.
